@@ -1,0 +1,132 @@
+"""Harvesting CartPole policies: stable-baselines3 PPO runs, checkpointed by a callback, then all
+checkpoints of a cohort scored together in one vectorised rollout."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from gpt_params.harvest import HarvestConfig, assemble_cohort, checkpoint_steps, cohort_runs, run_seed
+from gpt_params.layout import ParamLayout
+from gpt_params.recipes import PPORecipe, ppo_recipe
+from gpt_params.tasks.base import Task
+
+
+def make_ppo(recipe: PPORecipe, seed: int, hidden: int = 32):
+    """An SB3 PPO on ``CartPole-v1`` whose actor is the cartpole task's architecture."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = make_vec_env("CartPole-v1", n_envs=recipe.n_envs, seed=seed)
+    return PPO(
+        "MlpPolicy",
+        env,
+        learning_rate=recipe.learning_rate,
+        n_steps=recipe.n_steps,
+        batch_size=recipe.batch_size,
+        n_epochs=recipe.n_epochs,
+        gamma=recipe.gamma,
+        gae_lambda=recipe.gae_lambda,
+        clip_range=recipe.clip_range,
+        ent_coef=recipe.ent_coef,
+        policy_kwargs={
+            "net_arch": {"pi": [hidden, hidden], "vf": [hidden, hidden]},
+            "activation_fn": nn.Tanh,
+        },
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+
+
+def n_updates(recipe: PPORecipe) -> int:
+    """PPO iterations SB3 runs for ``total_timesteps`` (it stops once the count is reached)."""
+    per = recipe.n_steps * recipe.n_envs
+    return -(-recipe.total_timesteps // per)
+
+
+def train_ppo_run(
+    seed: int, recipe: PPORecipe, n_ckpts: int, layout_json: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train one PPO run; returns actor checkpoints ``(K, D)``, their env timesteps ``(K,)`` and the
+    training return (mean of SB3's last <= 100 training episodes) at each ``(K,)``.
+
+    Checkpoint u holds the actor after u PPO updates: taken at the end of rollout u (before the
+    update), whose episodes it produced, and once more after the last update.
+    """
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    torch.set_num_threads(1)
+    layout = ParamLayout.from_json(layout_json)
+    total = n_updates(recipe)
+    keep = set(checkpoint_steps(total, n_ckpts).tolist())
+    model = make_ppo(recipe, seed)
+    saved: dict[int, tuple[np.ndarray, float]] = {}
+
+    def snapshot() -> tuple[np.ndarray, float]:
+        buf = model.ep_info_buffer
+        ret = float(np.mean([e["r"] for e in buf])) if buf else float("nan")
+        return layout.flatten(model.policy.state_dict()).numpy().copy(), ret
+
+    class Checkpointer(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rollouts = 0
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            if self.rollouts in keep:
+                saved[self.rollouts] = snapshot()
+            self.rollouts += 1
+
+    model.learn(total_timesteps=recipe.total_timesteps, callback=Checkpointer())
+    saved[total] = snapshot()
+    updates = sorted(keep)
+    params = np.stack([saved[u][0] for u in updates])
+    train_return = np.array([saved[u][1] for u in updates], np.float32)
+    timesteps = np.array(updates, np.int64) * recipe.n_steps * recipe.n_envs
+    return params, timesteps, train_return
+
+
+def _train_star(args: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return train_ppo_run(*args)
+
+
+def train_rl_cohort(
+    task: Task, cfg: HarvestConfig, cohort_id: int, on_step: Callable[[int, int], None] | None = None
+):
+    """Train a cohort of PPO runs (``cfg.workers`` processes) and score every checkpoint."""
+    run_ids = cohort_runs(cfg, cohort_id)
+    recipes = [
+        ppo_recipe(cfg.preset, np.random.default_rng([cfg.seed, 0xA1, int(r)]), cfg.timesteps)
+        for r in run_ids
+    ]
+    jobs = [
+        (run_seed(cfg.seed, int(r)), rec, cfg.ckpts_per_run, task.layout.to_json())
+        for r, rec in zip(run_ids, recipes, strict=True)
+    ]
+    results = []
+    if cfg.workers > 1:
+        with mp.get_context("spawn").Pool(cfg.workers) as pool:
+            for i, res in enumerate(pool.imap(_train_star, jobs)):
+                results.append(res)
+                if on_step is not None:
+                    on_step(i + 1, len(jobs))
+    else:
+        for i, job in enumerate(jobs):
+            results.append(train_ppo_run(*job))
+            if on_step is not None:
+                on_step(i + 1, len(jobs))
+    params = np.stack([r[0] for r in results])  # (R, K, D)
+    steps = np.stack([r[1] for r in results])  # (R, K)
+    R, K, D = params.shape
+    scores = task.evaluate(torch.from_numpy(params.reshape(R * K, D)))
+    metrics = {m: v.reshape(R, K).astype(np.float32) for m, v in scores.items()}
+    metrics["train_return"] = np.stack([r[2] for r in results])
+    return assemble_cohort(cfg, cohort_id, run_ids, [r.to_dict() for r in recipes], steps, params, metrics)

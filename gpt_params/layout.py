@@ -1,0 +1,174 @@
+"""Flat parameter layouts and hidden-unit permutation symmetries.
+
+Dimension legend used across the package: B batch, D flat parameters, K checkpoints per run,
+R runs, N data points, T tokens, E width.
+
+A :class:`ParamLayout` fixes the names, shapes and order of a network's tensors, so a module and a
+1-D vector of length ``D`` convert into each other without loss. A :class:`PermGroup` names the
+tensor axes that index one hidden layer's units: permuting those units consistently on every
+member axis leaves the network's function unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gpt_params.errors import LayoutError
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Names and shapes of a network's parameters, in flattening order."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.shapes):
+            raise LayoutError(f"layout has {len(self.names)} names but {len(self.shapes)} shapes")
+        if len(set(self.names)) != len(self.names):
+            raise LayoutError(f"layout names must be unique, got {list(self.names)}")
+
+    @classmethod
+    def from_module(cls, module: nn.Module) -> ParamLayout:
+        named = list(module.named_parameters())
+        return cls(tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Start index of each tensor in the flat vector."""
+        out, acc = [], 0
+        for size in self.sizes:
+            out.append(acc)
+            acc += size
+        return tuple(out)
+
+    @property
+    def numel(self) -> int:
+        return sum(self.sizes)
+
+    def slice_of(self, name: str) -> slice:
+        i = self.index(name)
+        return slice(self.offsets[i], self.offsets[i] + self.sizes[i])
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise LayoutError(f"unknown tensor {name!r}; layout has {list(self.names)}") from None
+
+    # -- conversions -----------------------------------------------------------------------------
+
+    def flatten(self, params: nn.Module | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Module or state dict -> flat vector ``(D,)``, in layout order."""
+        tensors = dict(params.named_parameters()) if isinstance(params, nn.Module) else dict(params)
+        missing = [n for n in self.names if n not in tensors]
+        if missing:
+            raise LayoutError(f"parameters {missing} are missing; expected tensors {list(self.names)}")
+        parts = []
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            t = tensors[name]
+            if tuple(t.shape) != shape:
+                raise LayoutError(f"tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
+            parts.append(t.detach().reshape(-1))
+        return torch.cat(parts)
+
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Flat ``(..., D)`` -> ``{name: (..., *shape)}`` views (no copy)."""
+        self.check_vector(theta)
+        lead = theta.shape[:-1]
+        out = {}
+        for name, shape, off, size in zip(self.names, self.shapes, self.offsets, self.sizes, strict=True):
+            out[name] = theta[..., off : off + size].reshape(*lead, *shape)
+        return out
+
+    def load_into(self, module: nn.Module, theta: torch.Tensor) -> nn.Module:
+        """Copy a flat ``(D,)`` vector into ``module``'s parameters in place and return it."""
+        if theta.dim() != 1:
+            raise LayoutError(f"expected one flat vector of shape ({self.numel},), got {tuple(theta.shape)}")
+        own = dict(module.named_parameters())
+        with torch.no_grad():
+            for name, t in self.unflatten(theta).items():
+                if name not in own:
+                    raise LayoutError(f"module has no parameter {name!r}; it has {list(own)}")
+                own[name].copy_(t)
+        return module
+
+    def check_vector(self, theta: torch.Tensor) -> None:
+        if theta.shape[-1:] != (self.numel,):
+            raise LayoutError(
+                f"parameter vector has trailing size {tuple(theta.shape[-1:])}, expected {self.numel} "
+                f"(layout {self.describe()})"
+            )
+
+    def describe(self) -> str:
+        return ", ".join(f"{n}{list(s)}" for n, s in zip(self.names, self.shapes, strict=True))
+
+    # -- serialisation ---------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps({"names": list(self.names), "shapes": [list(s) for s in self.shapes]})
+
+    @classmethod
+    def from_json(cls, text: str) -> ParamLayout:
+        d = json.loads(text)
+        return cls(tuple(d["names"]), tuple(tuple(s) for s in d["shapes"]))
+
+
+@dataclass(frozen=True)
+class PermGroup:
+    """One hidden layer's units: ``members`` are ``(tensor name, axis)`` pairs indexed by unit."""
+
+    size: int
+    members: tuple[tuple[str, int], ...]
+
+
+def permutation_index(
+    layout: ParamLayout, groups: Sequence[PermGroup], perms: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Index ``(B, D)`` such that ``theta.gather(-1, index)`` permutes hidden units.
+
+    ``perms[g]`` is ``(B, groups[g].size)``: a permutation of that layer's units per sample. Two
+    groups may touch the same tensor on different axes (a weight between two hidden layers), so the
+    index is built by permuting an ``arange`` through every member axis in turn.
+    """
+    if len(perms) != len(groups):
+        raise LayoutError(f"got {len(perms)} permutations for {len(groups)} symmetry groups")
+    batch = perms[0].shape[0] if perms else 1
+    idx = torch.arange(layout.numel).expand(batch, -1)  # (B, D)
+    views = layout.unflatten(idx)  # name -> (B, *shape)
+    for group, perm in zip(groups, perms, strict=True):
+        if perm.shape != (batch, group.size):
+            raise LayoutError(f"permutation has shape {tuple(perm.shape)}, expected {(batch, group.size)}")
+        for name, axis in group.members:
+            t = views[name]
+            ax = axis + 1  # skip the batch dim
+            shape = [batch] + [1] * (t.dim() - 1)
+            shape[ax] = group.size
+            gather_idx = perm.reshape(shape).expand_as(t)
+            views[name] = t.gather(ax, gather_idx)
+    return torch.cat([views[n].reshape(batch, -1) for n in layout.names], dim=1)
+
+
+def permute(
+    theta: torch.Tensor, layout: ParamLayout, groups: Sequence[PermGroup], perms: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Apply per-sample hidden-unit permutations to ``theta`` ``(B, D)``; returns a new ``(B, D)``."""
+    return theta.gather(-1, permutation_index(layout, groups, perms))
+
+
+def random_perms(
+    groups: Sequence[PermGroup], batch: int, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
+    """Uniformly random unit permutations, one ``(B, size)`` tensor per group."""
+    return [torch.argsort(torch.rand(batch, g.size, generator=generator), dim=1) for g in groups]

@@ -1,0 +1,81 @@
+"""The task interface: a network family, its data or environment, and how to score it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from functools import cached_property
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from gpt_params.layout import ParamLayout, PermGroup
+
+
+class Task(ABC):
+    """A network architecture plus what it is trained and scored on.
+
+    Subclasses define :meth:`build`, :attr:`symmetries`, :attr:`metric_names` and :meth:`evaluate`.
+    ``metric_names`` lists every metric recorded per checkpoint; :attr:`objective` is the one that
+    conditions models by default and :meth:`higher_is_better` says which way each one improves.
+    """
+
+    name: str
+    kind: str  # "supervised" or "rl"
+    objective: str
+
+    @abstractmethod
+    def build(self, seed: int) -> nn.Module:
+        """A freshly initialised network; equal seeds give equal weights."""
+
+    @property
+    @abstractmethod
+    def symmetries(self) -> tuple[PermGroup, ...]:
+        """Hidden-unit permutation groups that leave the network's function unchanged."""
+
+    @property
+    @abstractmethod
+    def metric_names(self) -> tuple[str, ...]:
+        """Per-checkpoint metrics the harvester records, in storage order."""
+
+    @abstractmethod
+    def higher_is_better(self, metric: str) -> bool:
+        """Direction of improvement of ``metric``."""
+
+    @abstractmethod
+    def evaluate(self, theta: torch.Tensor) -> dict[str, np.ndarray]:
+        """Score a batch of flat parameter vectors ``(B, D)``; returns ``{metric: (B,)}``."""
+
+    @cached_property
+    def template(self) -> nn.Module:
+        """A module of the task's architecture, used for layouts and functional calls."""
+        return self.build(0)
+
+    @cached_property
+    def layout(self) -> ParamLayout:
+        return ParamLayout.from_module(self.template)
+
+    def flatten(self, module: nn.Module) -> torch.Tensor:
+        return self.layout.flatten(module)
+
+    def to_module(self, theta: torch.Tensor) -> nn.Module:
+        """A new module holding the flat vector ``theta`` ``(D,)``."""
+        return self.layout.load_into(self.build(0), theta)
+
+    def functional(self, in_dims_x: int | None = None) -> Callable:
+        """``f(params, x)`` vmapped over a leading batch of parameter dicts.
+
+        ``params`` maps names to ``(B, *shape)`` tensors; ``x`` is shared (``in_dims_x=None``) or
+        carries its own leading ``B`` (``in_dims_x=0``).
+        """
+        module = self.template
+
+        def call(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return functional_call(module, params, (x,))
+
+        return torch.vmap(call, in_dims=(0, in_dims_x))
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.kind}, {self.layout.numel} parameters ({self.layout.describe()})"

@@ -1,0 +1,120 @@
+"""CartPole-v1 policies: SB3 PPO's actor (4 -> 32 -> 32 -> 2, tanh), scored by deterministic rollouts
+in gymnasium's vectorised CartPole."""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from gpt_params.layout import PermGroup
+from gpt_params.tasks.base import Task
+
+MAX_RETURN = 500.0  # CartPole-v1's episode cap
+EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...
+
+
+class CartPoleActor(nn.Module):
+    """SB3's ``ActorCriticPolicy`` actor path with the same parameter names: observations -> logits."""
+
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.mlp_extractor = nn.Module()
+        self.mlp_extractor.policy_net = nn.Sequential(
+            nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()
+        )
+        self.action_net = nn.Linear(hidden, 2)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.action_net(self.mlp_extractor.policy_net(obs))
+
+
+def sb3_init(actor: CartPoleActor) -> CartPoleActor:
+    """SB3's ``ortho_init``: orthogonal weights (gain sqrt(2) in the MLP, 0.01 in the action head), zero biases."""
+    for module, gain in ((actor.mlp_extractor, math.sqrt(2)), (actor.action_net, 0.01)):
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.orthogonal_(m.weight, gain=gain)
+                nn.init.zeros_(m.bias)
+    return actor
+
+
+class CartPoleTask(Task):
+    """Return-maximising CartPole-v1 policies trained by stable-baselines3 PPO."""
+
+    kind = "rl"
+    objective = "return_mean"
+    name = "cartpole"
+
+    def __init__(self, hidden: int = 32, n_eval_episodes: int = 10) -> None:
+        if n_eval_episodes < 1:
+            raise ValueError(f"n_eval_episodes must be positive, got {n_eval_episodes}")
+        self.hidden = hidden
+        self.n_eval_episodes = n_eval_episodes
+
+    def build(self, seed: int) -> nn.Module:
+        """The initialisation SB3 PPO gives its actor (orthogonal, not PyTorch's default)."""
+        torch.manual_seed(seed)
+        return sb3_init(CartPoleActor(self.hidden))
+
+    @property
+    def symmetries(self) -> tuple[PermGroup, ...]:
+        net = "mlp_extractor.policy_net"
+        return (
+            PermGroup(self.hidden, ((f"{net}.0.weight", 0), (f"{net}.0.bias", 0), (f"{net}.2.weight", 1))),
+            PermGroup(self.hidden, ((f"{net}.2.weight", 0), (f"{net}.2.bias", 0), ("action_net.weight", 1))),
+        )
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return ("return_mean", "return_std", "train_return")
+
+    def higher_is_better(self, metric: str) -> bool:
+        if metric not in self.metric_names:
+            raise KeyError(f"unknown metric {metric!r}; {self.name} records {self.metric_names}")
+        return metric != "return_std"
+
+    @cached_property
+    def eval_states(self) -> np.ndarray:
+        """Initial states ``(E, 4)`` of the fixed evaluation episodes, from gymnasium's own seeded reset."""
+        env = gym.make("CartPole-v1")
+        states = [env.reset(seed=EVAL_SEED + i)[0] for i in range(self.n_eval_episodes)]
+        env.close()
+        return np.stack(states).astype(np.float64)
+
+    @torch.no_grad()
+    def episode_returns(self, theta: torch.Tensor, initial_states: np.ndarray | None = None) -> np.ndarray:
+        """Returns ``(B, E)`` of the deterministic (argmax) policies in ``theta`` ``(B, D)``, every policy
+        playing the same ``E`` episodes, all ``B * E`` of them in one vectorised environment."""
+        self.layout.check_vector(theta)
+        theta = theta.reshape(-1, self.layout.numel).float()
+        states = self.eval_states if initial_states is None else np.asarray(initial_states, dtype=np.float64)
+        n_pol, n_ep = len(theta), len(states)
+        env = gym.make_vec("CartPole-v1", num_envs=n_pol * n_ep, vectorization_mode="vector_entry_point")
+        env.reset(seed=EVAL_SEED)
+        base = env.unwrapped
+        base.state = np.tile(states, (n_pol, 1)).T.copy()  # (4, B*E); CartPole's observation is its state
+        obs = base.state.T.astype(np.float32)
+        params = self.layout.unflatten(theta)
+        policy = self.functional(in_dims_x=0)
+        alive = np.ones(n_pol * n_ep, dtype=bool)
+        returns = np.zeros(n_pol * n_ep)
+        for _ in range(int(MAX_RETURN)):
+            logits = policy(params, torch.from_numpy(obs).view(n_pol, n_ep, 4))  # (B, E, 2)
+            actions = logits.argmax(-1).reshape(-1).numpy()
+            obs, reward, terminated, truncated, _ = env.step(actions)
+            returns += reward * alive
+            alive &= ~(terminated | truncated)
+            if not alive.any():
+                break
+        env.close()
+        return returns.reshape(n_pol, n_ep)
+
+    def evaluate(self, theta: torch.Tensor) -> dict[str, np.ndarray]:
+        """Mean and std of the deterministic policy's return over the fixed evaluation episodes."""
+        r = self.episode_returns(theta)
+        return {"return_mean": r.mean(1), "return_std": r.std(1)}

@@ -1,0 +1,319 @@
+"""HDF5 checkpoint zoos: crash-safe writing, reading, merging (schema in ``data/README.md``).
+
+A harvest writes each finished cohort of runs to its own part file under ``<zoo>.parts/`` (written
+to a temporary name, fsynced, then renamed: a part is either whole or absent), and after every part
+rebuilds the small index file ``<zoo>`` the same way. The index holds every per-run and
+per-checkpoint array itself and maps ``params`` onto the parts with an HDF5 virtual dataset, so a
+reader opening ``<zoo>`` with h5py alone sees exactly the committed runs. ``merge`` copies zoos
+(or shards of one harvest) into one self-contained file, or indexes them virtually.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from gpt_params import __version__
+from gpt_params.errors import ZooError
+from gpt_params.layout import ParamLayout
+
+SCHEMA_VERSION = 1
+SPLIT_NAMES = ("train", "val", "test")
+PART_RE = re.compile(r"^cohort-(\d{6})\.h5$")
+_STR = h5py.string_dtype()
+
+
+@dataclass
+class Cohort:
+    """Finished runs of one cohort. R runs (diverged ones excluded), K checkpoints, D parameters."""
+
+    cohort_id: int
+    run_id: np.ndarray  # (R,) int64
+    seed: np.ndarray  # (R,) int64
+    split: np.ndarray  # (R,) uint8, index into SPLIT_NAMES
+    hparams: list[str]  # R JSON strings
+    step: np.ndarray  # (R, K) int64
+    params: np.ndarray  # (R, K, D) float32
+    metrics: dict[str, np.ndarray]  # name -> (R, K) float32
+    diverged: list[dict] = field(default_factory=list)  # {"run_id", "seed", "split", "hparams", "reason"}
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def _atomic_h5(path: Path):
+    """Context manager: an h5py file written under a temporary name, fsynced and renamed into place."""
+
+    class _Atomic:
+        def __enter__(self) -> h5py.File:
+            self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            self.f = h5py.File(self.tmp, "w")
+            return self.f
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.f.close()
+            if exc_type is not None:
+                self.tmp.unlink(missing_ok=True)
+                return
+            with open(self.tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    return _Atomic()
+
+
+def _write_attrs(f: h5py.File, attrs: dict) -> None:
+    for k, v in attrs.items():
+        f.attrs[k] = v
+
+
+def _write_cohort(f: h5py.File, c: Cohort, attrs: dict) -> None:
+    _write_attrs(f, attrs)
+    f.attrs["cohort_id"] = c.cohort_id
+    f.create_dataset(
+        "params", data=c.params.astype(np.float32), dtype=np.float32
+    )  # contiguous: a run is one read
+    f.create_dataset("step", data=c.step.astype(np.int64))
+    g = f.create_group("metrics")
+    for name, arr in c.metrics.items():
+        g.create_dataset(name, data=arr.astype(np.float32))
+    runs = f.create_group("runs")
+    runs.create_dataset("run_id", data=c.run_id.astype(np.int64))
+    runs.create_dataset("seed", data=c.seed.astype(np.int64))
+    runs.create_dataset("split", data=c.split.astype(np.uint8))
+    runs.create_dataset("hparams", data=np.array(c.hparams, dtype=object), dtype=_STR)
+    d = f.create_group("diverged")
+    d.create_dataset("record", data=np.array([json.dumps(r) for r in c.diverged], dtype=object), dtype=_STR)
+
+
+def zoo_attrs(task: str, layout: ParamLayout, metric_names: Sequence[str], harvest_config: dict) -> dict:
+    """The root attributes every zoo file carries."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "task": task,
+        "layout": layout.to_json(),
+        "metric_names": json.dumps(list(metric_names)),
+        "harvest_config": json.dumps(harvest_config, sort_keys=True),
+        "split_names": json.dumps(list(SPLIT_NAMES)),
+        "package_version": __version__,
+    }
+
+
+class ZooWriter:
+    """Commits cohorts to ``path`` (index) and ``path.parts/`` (data), resuming what is already there."""
+
+    def __init__(self, path: str | Path, attrs: dict) -> None:
+        self.path = Path(path)
+        self.parts = self.path.with_name(self.path.name + ".parts")
+        self.attrs = attrs
+        if not self.path.parent.is_dir():
+            raise ZooError(f"output directory {str(self.path.parent)!r} does not exist")
+        if self.path.exists():
+            check_compatible(self.path, attrs)
+        elif self.parts.exists() and any(self.parts.iterdir()):
+            for part in self._part_files():
+                check_compatible(part, attrs)
+        self.parts.mkdir(exist_ok=True)
+        for stale in self.parts.glob(".*.tmp"):  # a killed writer's unfinished part
+            stale.unlink()
+
+    def _part_files(self) -> list[Path]:
+        return sorted(p for p in self.parts.iterdir() if PART_RE.match(p.name))
+
+    def done_cohorts(self) -> set[int]:
+        return {int(PART_RE.match(p.name).group(1)) for p in self._part_files()}
+
+    def commit(self, cohort: Cohort) -> None:
+        """Write one cohort's part atomically, then the index atomically."""
+        part = self.parts / f"cohort-{cohort.cohort_id:06d}.h5"
+        if part.exists():
+            raise ZooError(
+                f"cohort {cohort.cohort_id} is already in {str(self.parts)!r}; refusing to duplicate it"
+            )
+        with _atomic_h5(part) as f:
+            _write_cohort(f, cohort, self.attrs)
+        self.rebuild_index()
+
+    def rebuild_index(self) -> None:
+        write_index(self.path, self._part_files(), self.attrs, rel_to=self.path.parent)
+
+
+def write_index(path: Path, sources: Sequence[Path], attrs: dict, rel_to: Path | None = None) -> None:
+    """Atomically (re)write a zoo file whose ``params`` is a virtual dataset over ``sources``' params.
+
+    Every other array is copied in, so the index alone answers metric queries. Source paths are
+    stored relative to ``rel_to`` (HDF5 then resolves them against the index file's directory).
+    """
+    per_run, per_ckpt, metrics, diverged = _gather_small(sources)
+    n_runs = len(per_run["run_id"])
+    k, d = _params_shape(sources)
+    layout = h5py.VirtualLayout(shape=(n_runs, k, d), dtype=np.float32)
+    row = 0
+    for src in sources:
+        with h5py.File(src, "r") as f:
+            r = f["params"].shape[0]
+        if r == 0:
+            continue
+        name = os.path.relpath(src, rel_to) if rel_to is not None else str(src)
+        layout[row : row + r] = h5py.VirtualSource(name, "params", shape=(r, k, d))
+        row += r
+    with _atomic_h5(path) as f:
+        _write_attrs(f, attrs)
+        f.create_virtual_dataset("params", layout, fillvalue=np.nan)
+        _write_small(f, per_run, per_ckpt, metrics, diverged)
+
+
+def _params_shape(sources: Sequence[Path]) -> tuple[int, int]:
+    shapes = set()
+    for src in sources:
+        with h5py.File(src, "r") as f:
+            shapes.add(f["params"].shape[1:])
+    if len(shapes) > 1:
+        raise ZooError(f"zoo parts disagree on (checkpoints, parameters): {sorted(shapes)}")
+    return shapes.pop() if shapes else (0, 0)
+
+
+def _gather_small(sources: Sequence[Path]) -> tuple[dict, dict, dict, list]:
+    per_run: dict[str, list] = {"run_id": [], "seed": [], "split": [], "hparams": []}
+    per_ckpt: dict[str, list] = {"step": []}
+    metrics: dict[str, list] = {}
+    diverged: list = []
+    for src in sources:
+        with h5py.File(src, "r") as f:
+            for key in per_run:
+                per_run[key].append(f["runs"][key][()])
+            per_ckpt["step"].append(f["step"][()])
+            for name in f["metrics"]:
+                metrics.setdefault(name, []).append(f["metrics"][name][()])
+            diverged.extend(f["diverged"]["record"][()])
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in per_run.items()}
+    ids = cat["run_id"]
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = values[counts > 1].tolist()
+        raise ZooError(
+            f"run ids {dup[:10]} appear more than once across {len(sources)} inputs; refusing to duplicate runs"
+        )
+    return (
+        cat,
+        {k: np.concatenate(v) for k, v in per_ckpt.items() if v},
+        {k: np.concatenate(v) for k, v in metrics.items()},
+        diverged,
+    )
+
+
+def _write_small(f: h5py.File, per_run: dict, per_ckpt: dict, metrics: dict, diverged: list) -> None:
+    if "step" in per_ckpt:
+        f.create_dataset("step", data=per_ckpt["step"].astype(np.int64))
+    g = f.create_group("metrics")
+    for name, arr in metrics.items():
+        g.create_dataset(name, data=arr.astype(np.float32))
+    runs = f.create_group("runs")
+    runs.create_dataset("run_id", data=per_run["run_id"].astype(np.int64))
+    runs.create_dataset("seed", data=per_run["seed"].astype(np.int64))
+    runs.create_dataset("split", data=per_run["split"].astype(np.uint8))
+    runs.create_dataset("hparams", data=np.array(list(per_run["hparams"]), dtype=object), dtype=_STR)
+    f.create_group("diverged").create_dataset(
+        "record", data=np.array(list(diverged), dtype=object), dtype=_STR
+    )
+
+
+# -- checks --------------------------------------------------------------------------------------
+
+
+def read_attrs(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ZooError(f"zoo file {str(path)!r} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    except OSError as e:
+        raise ZooError(f"{str(path)!r} is not a readable HDF5 zoo file ({e})") from None
+
+
+def check_compatible(path: Path, attrs: dict, ignore: Iterable[str] = ()) -> None:
+    """Raise unless the zoo at ``path`` has the same schema, task, layout and harvest config."""
+    have = read_attrs(path)
+    if "schema_version" not in have:
+        raise ZooError(
+            f"{str(path)!r} is an HDF5 file but not a gpt-params zoo (no schema_version attribute)"
+        )
+    if int(have["schema_version"]) != SCHEMA_VERSION:
+        raise ZooError(
+            f"{str(path)!r} has zoo schema version {have['schema_version']}, expected {SCHEMA_VERSION}"
+        )
+    for key in ("task", "layout", "metric_names"):
+        if have.get(key) != attrs[key]:
+            raise ZooError(
+                f"{str(path)!r} holds {key} {have.get(key)!r}, expected {attrs[key]!r}; use another --out"
+            )
+    a, b = json.loads(have["harvest_config"]), json.loads(attrs["harvest_config"])
+    for key in ignore:
+        a.pop(key, None)
+        b.pop(key, None)
+    if a != b:
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ZooError(
+            f"{str(path)!r} was harvested with a different config (differs in {diff}: "
+            f"{ {k: a.get(k) for k in diff} } vs { {k: b.get(k) for k in diff} }); use another --out"
+        )
+
+
+# -- merging -------------------------------------------------------------------------------------
+
+
+def merge(inputs: Sequence[str | Path], out: str | Path, virtual: bool = False) -> int:
+    """Join zoos (e.g. the shards of one multi-process harvest) into ``out``; returns the run count.
+
+    Inputs must share schema, task, layout and harvest config (shard fields aside). ``virtual=True``
+    writes an index over the inputs (they must stay where they are); otherwise the parameters are
+    copied into one self-contained file, run by run, so memory stays bounded.
+    """
+    if not inputs:
+        raise ZooError("zoo merge needs at least one input file")
+    paths = [Path(p) for p in inputs]
+    out = Path(out)
+    if out.resolve() in {p.resolve() for p in paths}:
+        raise ZooError(f"output {str(out)!r} is also an input; choose another --out")
+    attrs = read_attrs(paths[0])
+    for p in paths[1:]:
+        check_compatible(p, attrs, ignore=("shard_index", "num_shards"))
+    cfg = json.loads(attrs["harvest_config"])
+    cfg.pop("shard_index", None)
+    cfg.pop("num_shards", None)
+    attrs["harvest_config"] = json.dumps(cfg, sort_keys=True)
+    attrs["package_version"] = __version__
+    if virtual:
+        write_index(out, paths, attrs, rel_to=out.parent)
+    else:
+        per_run, per_ckpt, metrics, diverged = _gather_small(paths)
+        k, d = _params_shape(paths)
+        with _atomic_h5(out) as f:
+            _write_attrs(f, attrs)
+            dset = f.create_dataset("params", shape=(len(per_run["run_id"]), k, d), dtype=np.float32)
+            row = 0
+            for p in paths:
+                with h5py.File(p, "r") as src:
+                    for r in range(src["params"].shape[0]):
+                        dset[row] = src["params"][r]
+                        row += 1
+            _write_small(f, per_run, per_ckpt, metrics, diverged)
+    return len(read_runs(out))
+
+
+def read_runs(path: str | Path) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f["runs"]["run_id"][()]

@@ -1,0 +1,145 @@
+"""Reading checkpoint zoos: :class:`Zoo` gives runs, metrics and parameters; :func:`summarise` the
+statistics ``gpt-params zoo info`` reports."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from gpt_params.errors import ZooError
+from gpt_params.layout import ParamLayout
+from gpt_params.zoo import SCHEMA_VERSION, SPLIT_NAMES, read_attrs
+
+QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+
+
+class Zoo:
+    """A zoo file opened for reading. Small arrays load eagerly; parameters are read on demand
+    through one h5py handle per process (safe to share with forked dataloader workers).
+
+    Shapes: ``step`` and each ``metrics[name]`` are ``(R, K)``; :meth:`params` is ``(K, D)``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        attrs = read_attrs(self.path)
+        if "schema_version" not in attrs:
+            raise ZooError(
+                f"{str(self.path)!r} is an HDF5 file but not a gpt-params zoo (no schema_version attribute)"
+            )
+        if int(attrs["schema_version"]) != SCHEMA_VERSION:
+            raise ZooError(
+                f"{str(self.path)!r} has zoo schema version {attrs['schema_version']}, expected {SCHEMA_VERSION}"
+            )
+        self.task: str = attrs["task"]
+        self.layout = ParamLayout.from_json(attrs["layout"])
+        self.metric_names: tuple[str, ...] = tuple(json.loads(attrs["metric_names"]))
+        self.harvest_config: dict = json.loads(attrs["harvest_config"])
+        self.package_version: str = attrs.get("package_version", "?")
+        with h5py.File(self.path, "r") as f:
+            self.run_id = f["runs/run_id"][()]
+            self.seed = f["runs/seed"][()]
+            self.split = f["runs/split"][()]
+            self._hparams = f["runs/hparams"][()]
+            self.step = f["step"][()] if "step" in f else np.zeros((0, 0), np.int64)
+            self.metrics = {m: f["metrics"][m][()] for m in f["metrics"]}
+            self.diverged = [json.loads(r) for r in f["diverged/record"][()]]
+            self.params_shape = f["params"].shape
+        self._handle: h5py.File | None = None
+        self._pid = -1
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.run_id)
+
+    @property
+    def n_ckpts(self) -> int:
+        return self.params_shape[1]
+
+    @cached_property
+    def hparams(self) -> list[dict]:
+        return [json.loads(h) for h in self._hparams]
+
+    def runs(self, split: str) -> np.ndarray:
+        """Row indices of the runs in ``split`` ('train', 'val' or 'test')."""
+        if split not in SPLIT_NAMES:
+            raise ZooError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
+        return np.flatnonzero(self.split == SPLIT_NAMES.index(split))
+
+    def _file(self) -> h5py.File:
+        if self._handle is None or self._pid != os.getpid():
+            self._handle = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._handle
+
+    def params(self, row: int) -> np.ndarray:
+        """All checkpoints of run ``row``: ``(K, D)`` float32, one contiguous read."""
+        return self._file()["params"][row]
+
+    def checkpoint(self, row: int, k: int) -> np.ndarray:
+        """Checkpoint ``k`` of run ``row``: ``(D,)`` float32."""
+        return self._file()["params"][row, k]
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> Zoo:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _quantiles(x: np.ndarray) -> dict[str, float]:
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return {}
+    return {f"q{int(q * 100):02d}": float(np.quantile(x, q)) for q in QUANTILES}
+
+
+def summarise(zoo: Zoo, max_param_runs: int = 256, seed: int = 0) -> dict:
+    """Runs per split, checkpoints, metric quantiles (all checkpoints and final ones) per split, and
+    parameter statistics of train-split checkpoints (from up to ``max_param_runs`` random runs)."""
+    out: dict = {
+        "path": str(zoo.path),
+        "task": zoo.task,
+        "n_params": zoo.layout.numel,
+        "ckpts_per_run": zoo.n_ckpts,
+        "runs": {s: int(len(zoo.runs(s))) for s in SPLIT_NAMES},
+        "diverged_runs": len(zoo.diverged),
+        "harvest_config": zoo.harvest_config,
+        "metrics": {},
+    }
+    for s in SPLIT_NAMES:
+        rows = zoo.runs(s)
+        if len(rows) == 0:
+            continue
+        out["metrics"][s] = {
+            m: {"all": _quantiles(v[rows].ravel()), "final": _quantiles(v[rows, -1])}
+            for m, v in zoo.metrics.items()
+        }
+    train = zoo.runs("train")
+    if len(train):
+        pick = np.sort(
+            np.random.default_rng(seed).choice(train, size=min(max_param_runs, len(train)), replace=False)
+        )
+        theta = np.concatenate([zoo.params(int(r)) for r in pick]).astype(np.float64)  # (runs * K, D)
+        per_tensor = {}
+        for name, off, size in zip(zoo.layout.names, zoo.layout.offsets, zoo.layout.sizes, strict=True):
+            t = theta[:, off : off + size]
+            per_tensor[name] = {"mean": float(t.mean()), "std": float(t.std())}
+        out["params"] = {
+            "runs_sampled": len(pick),
+            "mean": float(theta.mean()),
+            "std": float(theta.std()),
+            "abs_max": float(np.abs(theta).max()),
+            "per_tensor": per_tensor,
+        }
+    return out

@@ -1,0 +1,42 @@
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    """Write a uint8 array in MNIST's IDX format (magic: 0, 0, dtype 0x08, ndim; big-endian dims)."""
+    with open(path, "wb") as f:
+        f.write(struct.pack(">BBBB", 0, 0, 0x08, arr.ndim))
+        f.write(struct.pack(f">{arr.ndim}I", *arr.shape))
+        f.write(arr.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def mnist_dir(tmp_path: Path) -> Path:
+    """A tiny MNIST in torchvision's raw layout: 240 train and 60 test random digits."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 240), ("t10k", 60)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    return tmp_path
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]

@@ -1,0 +1,190 @@
+import json
+from dataclasses import replace
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from gpt_params.errors import GptParamsError, ZooError
+from gpt_params.harvest import HarvestConfig, checkpoint_steps, harvest, run_seed, run_split
+from gpt_params.tasks import get_task
+from gpt_params.zoo import SCHEMA_VERSION, merge
+from gpt_params.zoo_reader import Zoo, summarise
+
+
+def tiny(tmp_path, name="z.h5", **kw):
+    base = dict(
+        task="digits-mlp", runs=10, ckpts_per_run=6, cohort_size=4, epochs=2, out=str(tmp_path / name)
+    )
+    base.update(kw)
+    return HarvestConfig(**base)
+
+
+@pytest.mark.parametrize("total,k", [(700, 50), (54, 50), (49, 50), (10_000, 50), (3, 2)])
+def test_checkpoint_steps_cover_init_final_and_dense_early(total, k):
+    s = checkpoint_steps(total, k)
+    assert len(s) == k and s[0] == 0 and s[-1] == total
+    assert np.all(np.diff(s) > 0)
+    if total >= 10 * k:  # log spacing: a quarter of the checkpoints within the first 2% of training
+        assert s[k // 4] <= 0.02 * total
+
+
+def test_checkpoint_steps_refuse_runs_too_short():
+    with pytest.raises(GptParamsError, match="cannot hold 50"):
+        checkpoint_steps(40, 50)
+
+
+def test_run_split_depends_on_run_id_only():
+    splits = np.array([run_split(r, 0.1, 0.1) for r in range(5000)])
+    assert np.array_equal(splits, [run_split(r, 0.1, 0.1) for r in range(5000)])
+    frac = np.bincount(splits, minlength=3) / 5000
+    np.testing.assert_allclose(frac, [0.8, 0.1, 0.1], atol=0.02)
+
+
+def test_tiny_harvest_writes_the_documented_schema(tmp_path):
+    cfg = tiny(tmp_path)
+    harvest(cfg)
+    task = get_task("digits-mlp")
+    with h5py.File(cfg.out, "r") as f:  # h5py alone, as data/README.md documents
+        assert f.attrs["schema_version"] == SCHEMA_VERSION
+        assert f.attrs["task"] == "digits-mlp"
+        assert json.loads(f.attrs["layout"])["names"] == list(task.layout.names)
+        assert json.loads(f.attrs["harvest_config"])["runs"] == 10
+        assert "package_version" in f.attrs
+        assert f["params"].shape == (10, 6, task.layout.numel) and f["params"].dtype == np.float32
+        assert f["step"].shape == (10, 6)
+        assert sorted(f["metrics"]) == sorted(task.metric_names)
+        for m in f["metrics"]:
+            assert f["metrics"][m].shape == (10, 6) and np.isfinite(f["metrics"][m][()]).all()
+        assert sorted(f["runs/run_id"][()]) == list(range(10))
+        assert set(f["runs/split"][()]) <= {0, 1, 2}
+        hp = [json.loads(h) for h in f["runs/hparams"][()]]
+        assert all({"optimizer", "lr", "batch_size", "epochs"} <= set(h) for h in hp)
+        steps = f["step"][0]
+        assert steps[0] == 0 and np.all(np.diff(steps) > 0)
+        # checkpoint 0 is the run's own seeded init
+        seed = int(f["runs/seed"][3])
+        np.testing.assert_array_equal(f["params"][3, 0], task.flatten(task.build(seed)).numpy())
+    assert seed == run_seed(0, int(Zoo(cfg.out).run_id[3]))
+
+
+def test_recorded_metrics_are_full_split_evaluations(tmp_path):
+    cfg = tiny(tmp_path)
+    harvest(cfg)
+    zoo = Zoo(cfg.out)
+    task = get_task("digits-mlp")
+    m = task.evaluate(torch.from_numpy(zoo.params(2)))
+    for name in task.metric_names:
+        np.testing.assert_allclose(zoo.metrics[name][2], m[name], rtol=1e-5)
+    assert zoo.metrics["val_loss"][:, -1].mean() < zoo.metrics["val_loss"][:, 0].mean()  # training helped
+
+
+def test_harvest_is_deterministic_and_rerun_resumes_without_duplicates(tmp_path):
+    a, b = tiny(tmp_path, "a.h5"), tiny(tmp_path, "b.h5")
+    harvest(a)
+    harvest(b)
+    trained = []
+    harvest(a, on_step=lambda s, t: trained.append(s))  # all cohorts done: nothing retrains
+    assert trained == []
+    za, zb = Zoo(a.out), Zoo(b.out)
+    assert za.n_runs == 10 and np.array_equal(za.run_id, zb.run_id)
+    for r in range(10):
+        np.testing.assert_array_equal(za.params(r), zb.params(r))
+
+
+def test_resume_with_another_config_is_refused_and_nothing_is_lost(tmp_path):
+    cfg = tiny(tmp_path)
+    harvest(cfg)
+    before = Zoo(cfg.out).params(0)
+    with pytest.raises(ZooError, match="different config.*epochs"):
+        harvest(replace(cfg, epochs=3))
+    with pytest.raises(ZooError, match="holds task 'digits-mlp'"):
+        harvest(replace(cfg, task="mnist-mlp"))
+    np.testing.assert_array_equal(Zoo(cfg.out).params(0), before)
+
+
+def test_diverged_runs_are_recorded_but_never_served(tmp_path, monkeypatch):
+    import gpt_params.harvest as h
+    from gpt_params.recipes import RunRecipe
+
+    real = h.run_recipe
+    calls = iter(range(10_000))
+
+    def explosive(preset, rng):
+        r = real(preset, rng)
+        return RunRecipe("sgd", 1e6, 0.0, "constant") if next(calls) % 3 == 0 else r
+
+    monkeypatch.setattr(h, "run_recipe", explosive)
+    cfg = tiny(tmp_path)
+    harvest(cfg)
+    zoo = Zoo(cfg.out)
+    assert len(zoo.diverged) >= 3 and zoo.n_runs == 10 - len(zoo.diverged)
+    assert {d["run_id"] for d in zoo.diverged}.isdisjoint(zoo.run_id.tolist())
+    assert all(d["hparams"]["lr"] == 1e6 for d in zoo.diverged)
+    for r in range(zoo.n_runs):
+        assert np.isfinite(zoo.params(r)).all()
+
+
+def test_sharded_harvest_merges_into_the_single_process_zoo(tmp_path):
+    full = tiny(tmp_path, "full.h5")
+    harvest(full)
+    shards = [tiny(tmp_path, f"s{i}.h5", shard_index=i, num_shards=2) for i in range(2)]
+    for s in shards:
+        harvest(s)
+    for virtual in (False, True):
+        out = tmp_path / f"merged-{virtual}.h5"
+        assert merge([s.out for s in shards], out, virtual=virtual) == 10
+        zm, zf = Zoo(out), Zoo(full.out)
+        order = np.argsort(zm.run_id)
+        assert np.array_equal(zm.run_id[order], zf.run_id)
+        for i, r in enumerate(order):
+            np.testing.assert_array_equal(zm.params(int(r)), zf.params(i))
+            assert zm.metrics["val_loss"][r].tolist() == zf.metrics["val_loss"][i].tolist()
+        assert "shard_index" not in zm.harvest_config
+
+
+def test_merge_refuses_duplicates_and_mismatches(tmp_path):
+    a = tiny(tmp_path, "a.h5")
+    harvest(a)
+    with pytest.raises(ZooError, match="more than once"):
+        merge([a.out, a.out], tmp_path / "m.h5")
+    b = tiny(tmp_path, "b.h5", epochs=3)
+    harvest(b)
+    with pytest.raises(ZooError, match="different config"):
+        merge([a.out, b.out], tmp_path / "m.h5")
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_summary_reports_splits_quantiles_and_param_std(tmp_path):
+    cfg = tiny(tmp_path)
+    harvest(cfg)
+    s = summarise(Zoo(cfg.out))
+    assert sum(s["runs"].values()) == 10
+    q = s["metrics"]["train"]["val_loss"]["final"]
+    assert q["q00"] <= q["q50"] <= q["q100"]
+    assert s["params"]["std"] > 0 and set(s["params"]["per_tensor"]) == set(
+        get_task("digits-mlp").layout.names
+    )
+
+
+def test_tiny_cartpole_harvest_records_returns(tmp_path):
+    cfg = HarvestConfig(
+        task="cartpole",
+        runs=2,
+        ckpts_per_run=4,
+        cohort_size=2,
+        timesteps=1024,
+        preset="ppo",
+        out=str(tmp_path / "cp.h5"),
+    )
+    harvest(cfg)
+    zoo = Zoo(cfg.out)
+    assert zoo.n_runs == 2 and zoo.n_ckpts == 4
+    assert zoo.step[0].tolist() == [0, 256, 512, 1024]
+    for m in ("return_mean", "return_std", "train_return"):
+        assert np.isfinite(zoo.metrics[m]).all()
+    task = get_task("cartpole")
+    np.testing.assert_allclose(
+        zoo.metrics["return_mean"][1], task.evaluate(torch.from_numpy(zoo.params(1)))["return_mean"]
+    )
