@@ -169,9 +169,9 @@ def train_supervised_cohort(
 ) -> Cohort:
     """Train one cohort of supervised runs as one batched program and checkpoint them.
 
-    Each run keeps its own leaf tensors (so any ``torch.optim`` optimizer, with per-run lr and weight
-    decay as param groups, updates it exactly as it would a lone network) and its own data order;
-    the forward pass stacks all runs and evaluates them with one vmapped call.
+    Each run has its own initialisation, data order and recipe; real ``torch.optim`` / timm
+    optimizers update it (one param group per distinct recipe, so per-run learning rates and weight
+    decays hold exactly); one batched forward pass serves all runs.
     """
     run_ids = cohort_runs(cfg, cohort_id)
     shape = cohort_shape(cfg.preset, np.random.default_rng([cfg.seed, 0xC0, cohort_id]))
@@ -186,19 +186,34 @@ def train_supervised_cohort(
     total = epochs * per_epoch
     ckpt = checkpoint_steps(total, cfg.ckpts_per_run)
 
+    # Runs with identical recipes share batched leaf tensors (n_runs, *shape) and one param group:
+    # every optimizer used here is elementwise, so that is exactly per-run training, minus the
+    # per-group overhead. ``order`` lists cohort-local run indices in that grouped order.
     names = task.layout.names
-    leaves = [[p.detach().clone().requires_grad_(True) for p in task.build(s).parameters()] for s in seeds]
+    by_recipe: dict = {}
+    for i, r in enumerate(recipes):
+        by_recipe.setdefault(r, []).append(i)
+    order = np.concatenate([np.array(m) for m in by_recipe.values()])
+    inverse = np.argsort(order)
+    nets = [list(task.build(s).parameters()) for s in seeds]
+    leaves = [
+        [torch.stack([nets[i][j].detach() for i in members]).requires_grad_(True) for j in range(len(names))]
+        for members in by_recipe.values()
+    ]  # group -> tensor -> (n_g, *shape)
+    group_recipes = list(by_recipe)
     optimizers = []
-    for opt_name in sorted({r.optimizer for r in recipes}):
-        members = [i for i, r in enumerate(recipes) if r.optimizer == opt_name]
-        groups = [
-            {"params": leaves[i], "lr": recipes[i].lr, "weight_decay": recipes[i].weight_decay}
-            for i in members
+    for opt_name in sorted({r.optimizer for r in group_recipes}):
+        gs = [g for g, r in enumerate(group_recipes) if r.optimizer == opt_name]
+        param_groups = [
+            {"params": leaves[g], "lr": group_recipes[g].lr, "weight_decay": group_recipes[g].weight_decay}
+            for g in gs
         ]
-        optimizers.append((make_optimizer(opt_name, groups), members))
+        optimizers.append((make_optimizer(opt_name, param_groups), gs))
 
-    def stacked() -> dict[str, torch.Tensor]:
-        return {n: torch.stack([lv[j] for lv in leaves]) for j, n in enumerate(names)}  # name -> (R, *shape)
+    def stacked() -> dict[str, torch.Tensor]:  # name -> (R, *shape), grouped order
+        if len(leaves) == 1:
+            return dict(zip(names, leaves[0], strict=True))
+        return {n: torch.cat([lv[j] for lv in leaves]) for j, n in enumerate(names)}
 
     R, K, D = len(run_ids), len(ckpt), task.layout.numel
     params = np.empty((R, K, D), np.float32)
@@ -206,33 +221,34 @@ def train_supervised_cohort(
 
     def record(k: int) -> None:
         with torch.no_grad():
-            theta = torch.cat([t.reshape(R, -1) for t in stacked().values()], 1)  # (R, D)
+            theta = torch.cat([t.reshape(R, -1) for t in stacked().values()], 1)[inverse]  # (R, D), run order
         params[:, k] = theta.numpy()
         for m, v in task.evaluate(theta).items():
             metrics[m][:, k] = v
 
-    f = task.functional(in_dims_x=0)
     gen = torch.Generator().manual_seed(
         int(np.random.SeedSequence([cfg.seed, 0xD47A, cohort_id]).generate_state(1)[0])
     )
     xb = torch.empty(
         R * batch, *x.shape[1:]
-    )  # reused minibatch buffer: a fresh one per step costs more than the matmuls
+    )  # reused: a fresh minibatch tensor per step costs more than the matmuls
     record(0)
     next_k, step = 1, 0
     for _ in range(epochs):
-        order = torch.argsort(torch.rand(R, n_train, generator=gen), dim=1)  # (R, N): each run's own shuffle
+        shuffles = torch.argsort(torch.rand(R, n_train, generator=gen), dim=1)[
+            order
+        ]  # (R, N): each run's own order
         for b in range(per_epoch):
-            idx = order[:, b * batch : (b + 1) * batch].reshape(-1)  # (R * B,)
+            idx = shuffles[:, b * batch : (b + 1) * batch].reshape(-1)  # (R * B,)
             torch.index_select(x, 0, idx, out=xb)
-            logits = f(stacked(), xb.view(R, batch, *x.shape[1:]))  # (R, B, C)
-            loss = F.cross_entropy(logits.flatten(0, 1), y[idx], reduction="sum") / batch
+            logits = task.logits(stacked(), xb.view(R, batch, *x.shape[1:]), shared=False)  # (R, C, B)
+            loss = F.cross_entropy(logits, y[idx].view(R, batch), reduction="sum") / batch
             for optimizer, _ in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()  # runs are independent: d(sum of run losses)/d(run r) = d(loss r)/d(run r)
-            for optimizer, members in optimizers:
-                for g, i in zip(optimizer.param_groups, members, strict=True):
-                    g["lr"] = recipes[i].lr * lr_factor(recipes[i].schedule, step, total)
+            for optimizer, gs in optimizers:
+                for pg, g in zip(optimizer.param_groups, gs, strict=True):
+                    pg["lr"] = group_recipes[g].lr * lr_factor(group_recipes[g].schedule, step, total)
                 optimizer.step()
             step += 1
             if next_k < K and step == ckpt[next_k]:

@@ -22,6 +22,9 @@ def zoo_figure(zoo: Zoo, metric: str | None = None, max_curves: int = 40, seed: 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_curve, ax_hist = fig.subplots(1, 2)
     rng = np.random.default_rng(seed)
+    finals = values[:, -1][np.isfinite(values[:, -1])]
+    spread = len(finals) > 0 and finals.max() > finals.min()
+    bins = np.linspace(finals.min(), finals.max(), 41) if spread else 40  # shared, so splits compare
     for split in SPLIT_NAMES:
         rows = zoo.runs(split)
         if len(rows) == 0:
@@ -36,7 +39,7 @@ def zoo_figure(zoo: Zoo, metric: str | None = None, max_curves: int = 40, seed: 
             lw=2,
             label=f"{split} median ({len(rows)} runs)",
         )
-        ax_hist.hist(values[rows, -1], bins=40, alpha=0.5, color=color, label=split, density=True)
+        ax_hist.hist(values[rows, -1], bins=bins, alpha=0.5, color=color, label=split, density=True)
     ax_curve.set_xscale("log")
     ax_curve.set_xlabel("training step + 1 (log)")
     ax_curve.set_ylabel(metric)

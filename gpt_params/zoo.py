@@ -234,19 +234,15 @@ def _write_small(f: h5py.File, per_run: dict, per_ckpt: dict, metrics: dict, div
 
 
 def read_attrs(path: str | Path) -> dict:
+    """Root attributes of a gpt-params zoo at ``path``, after checking it is one of this schema."""
     path = Path(path)
     if not path.exists():
         raise ZooError(f"zoo file {str(path)!r} does not exist")
     try:
         with h5py.File(path, "r") as f:
-            return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            have = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     except OSError as e:
         raise ZooError(f"{str(path)!r} is not a readable HDF5 zoo file ({e})") from None
-
-
-def check_compatible(path: Path, attrs: dict, ignore: Iterable[str] = ()) -> None:
-    """Raise unless the zoo at ``path`` has the same schema, task, layout and harvest config."""
-    have = read_attrs(path)
     if "schema_version" not in have:
         raise ZooError(
             f"{str(path)!r} is an HDF5 file but not a gpt-params zoo (no schema_version attribute)"
@@ -255,6 +251,12 @@ def check_compatible(path: Path, attrs: dict, ignore: Iterable[str] = ()) -> Non
         raise ZooError(
             f"{str(path)!r} has zoo schema version {have['schema_version']}, expected {SCHEMA_VERSION}"
         )
+    return have
+
+
+def check_compatible(path: Path, attrs: dict, ignore: Iterable[str] = ()) -> None:
+    """Raise unless the zoo at ``path`` has the same schema, task, layout and harvest config."""
+    have = read_attrs(path)
     for key in ("task", "layout", "metric_names"):
         if have.get(key) != attrs[key]:
             raise ZooError(

@@ -13,7 +13,7 @@ import numpy as np
 
 from gpt_params.errors import ZooError
 from gpt_params.layout import ParamLayout
-from gpt_params.zoo import SCHEMA_VERSION, SPLIT_NAMES, read_attrs
+from gpt_params.zoo import SPLIT_NAMES, read_attrs
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
@@ -28,14 +28,6 @@ class Zoo:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         attrs = read_attrs(self.path)
-        if "schema_version" not in attrs:
-            raise ZooError(
-                f"{str(self.path)!r} is an HDF5 file but not a gpt-params zoo (no schema_version attribute)"
-            )
-        if int(attrs["schema_version"]) != SCHEMA_VERSION:
-            raise ZooError(
-                f"{str(self.path)!r} has zoo schema version {attrs['schema_version']}, expected {SCHEMA_VERSION}"
-            )
         self.task: str = attrs["task"]
         self.layout = ParamLayout.from_json(attrs["layout"])
         self.metric_names: tuple[str, ...] = tuple(json.loads(attrs["metric_names"]))

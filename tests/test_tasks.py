@@ -5,7 +5,7 @@ import torch
 from gpt_params.errors import DataError, TaskError
 from gpt_params.tasks import get_task
 from gpt_params.tasks.data import cifar10_from_arrays
-from gpt_params.tasks.supervised import mlp_logits_shared_x
+from gpt_params.tasks.supervised import mlp_logits
 
 
 def test_unknown_task_names_the_choices():
@@ -28,9 +28,10 @@ def test_mlp_fast_path_matches_vmapped_module():
     theta = torch.stack([task.flatten(task.build(s)) for s in range(4)])
     params = task.layout.unflatten(theta)
     x = task.data.x["val"][:50]
-    torch.testing.assert_close(
-        mlp_logits_shared_x(params, x), task.functional()(params, x), rtol=1e-4, atol=1e-5
-    )
+    reference = task.functional()(params, x).transpose(1, 2)  # (B, C, N)
+    torch.testing.assert_close(mlp_logits(params, x, shared=True), reference, rtol=1e-4, atol=1e-5)
+    per_net = x[None].expand(4, -1, -1, -1, -1)  # (B, N, 1, 28, 28)
+    torch.testing.assert_close(mlp_logits(params, per_net, shared=False), reference, rtol=1e-4, atol=1e-5)
 
 
 def test_batched_evaluation_matches_one_network_at_a_time():

@@ -29,18 +29,24 @@ class MLP(nn.Module):
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
-def mlp_logits_shared_x(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Logits ``(B, N, C)`` of B MLPs (``params``: name -> ``(B, *shape)``) on shared inputs ``x`` ``(N, ...)``.
+def mlp_logits(params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -> torch.Tensor:
+    """Logits ``(B, C, N)`` of B MLPs (``params``: name -> ``(B, *shape)``), classes on dim 1.
 
-    Equal to the vmapped module call, but the first layer of all B nets is one wide GEMM, which on a
-    CPU runs ~2.5x faster than B thin ones.
+    ``x`` is ``(N, ...)`` shared by all nets (``shared=True``: the first layer of all B nets is one
+    wide GEMM) or ``(B, N, ...)``, one minibatch per net (batched GEMMs). Computing in the
+    ``(B, features, N)`` layout keeps every matmul's long dimension contiguous: on a CPU this runs
+    2-3x faster than the module's ``(N, features)`` layout, forward and backward.
     """
-    w1 = params["fc1.weight"]  # (B, H, I)
+    w1, b1 = params["fc1.weight"], params["fc1.bias"]  # (B, H, I), (B, H)
     b, h, i = w1.shape
-    n = len(x)
-    hid = (x.reshape(n, i) @ w1.reshape(b * h, i).T).view(n, b, h) + params["fc1.bias"]  # (N, B, H)
-    out = torch.einsum("nbh,bch->bnc", hid.relu(), params["fc2.weight"])  # (B, N, C)
-    return out + params["fc2.bias"][:, None, :]
+    if shared:
+        n = x.shape[0]
+        hid = (w1.reshape(b * h, i) @ x.reshape(n, i).T).view(b, h, n)  # (B, H, N)
+    else:
+        n = x.shape[1]
+        hid = torch.bmm(w1, x.reshape(b, n, i).transpose(1, 2))  # (B, H, N)
+    hid = (hid + b1[:, :, None]).relu()
+    return torch.baddbmm(params["fc2.bias"][:, :, None], params["fc2.weight"], hid)  # (B, C, N)
 
 
 class CNN(nn.Module):
@@ -72,14 +78,14 @@ class SupervisedTask(Task):
         data_loader: Callable[[], Splits],
         activations_per_example: int,
         data: Splits | None = None,
-        logits_shared_x: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
+        fast_logits: Callable[[dict[str, torch.Tensor], torch.Tensor, bool], torch.Tensor] | None = None,
     ) -> None:
         self.name = name
         self._factory = factory
         self._symmetries = symmetries
         self._data_loader = data_loader
         self._activations = activations_per_example
-        self._logits_shared_x = logits_shared_x
+        self._fast_logits = fast_logits
         if data is not None:
             self.__dict__["data"] = data  # injected data (tests, custom sources) replaces the loader
 
@@ -105,27 +111,33 @@ class SupervisedTask(Task):
         """Train / val / test tensors, loaded on first use."""
         return self._data_loader()
 
+    def logits(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -> torch.Tensor:
+        """Logits ``(B, C, N)`` of the B nets in ``params`` (name -> ``(B, *shape)``) on ``x``:
+        ``(N, ...)`` shared by all nets, or ``(B, N, ...)`` when ``shared`` is False."""
+        if self._fast_logits is not None:
+            return self._fast_logits(params, x, shared)
+        return self.functional(in_dims_x=None if shared else 0)(params, x).transpose(1, 2)
+
     @torch.no_grad()
     def evaluate(self, theta: torch.Tensor, splits: tuple[str, ...] = SPLITS) -> dict[str, np.ndarray]:
         """Mean cross-entropy and error rate of each net in ``theta`` ``(B, D)`` on whole splits."""
         self.layout.check_vector(theta)
         theta = theta.reshape(-1, self.layout.numel).float()
-        f = self._logits_shared_x or self.functional()
         out: dict[str, np.ndarray] = {}
         for split in splits:
             x, y = self.data.x[split], self.data.y[split]
-            n_chunk = min(len(y), 2048)
+            n_chunk = min(len(y), 4096)
             b_chunk = max(1, EVAL_BUDGET // (n_chunk * self._activations))
             loss_sum = torch.zeros(len(theta))
             wrong = torch.zeros(len(theta))
             for b0 in range(0, len(theta), b_chunk):
                 params = self.layout.unflatten(theta[b0 : b0 + b_chunk])  # name -> (b, *shape)
                 for n0 in range(0, len(y), n_chunk):
-                    logits = f(params, x[n0 : n0 + n_chunk])  # (b, n, C)
+                    logits = self.logits(params, x[n0 : n0 + n_chunk], shared=True)  # (b, C, n)
                     yy = y[n0 : n0 + n_chunk].expand(len(logits), -1)  # (b, n)
-                    ce = F.cross_entropy(logits.transpose(1, 2), yy, reduction="none")  # (b, n)
-                    loss_sum[b0 : b0 + b_chunk] += ce.sum(1)
-                    wrong[b0 : b0 + b_chunk] += (logits.argmax(-1) != yy).sum(1)
+                    loss_sum[b0 : b0 + b_chunk] += F.cross_entropy(logits, yy, reduction="none").sum(1)
+                    # max(1).indices is argmax(1) (first maximum on ties) without its slow strided path
+                    wrong[b0 : b0 + b_chunk] += (logits.max(1).indices != yy).sum(1)
             out[f"{split}_loss"] = (loss_sum / len(y)).numpy()
             out[f"{split}_error"] = (wrong / len(y)).numpy()
         return out
@@ -154,7 +166,7 @@ def make_mnist_mlp(
         (lambda: d.mnist_torchvision(data_dir, download)) if data_dir else d.mnist5k,
         activations_per_example=20,
         data=data,
-        logits_shared_x=mlp_logits_shared_x,
+        fast_logits=mlp_logits,
     )
 
 
@@ -208,5 +220,5 @@ def make_digits_mlp(
         d.sklearn_digits,
         activations_per_example=26,
         data=data,
-        logits_shared_x=mlp_logits_shared_x,
+        fast_logits=mlp_logits,
     )
