@@ -1,0 +1,115 @@
+"""A thin layer over diffusers' schedulers: the training loss and the sampling loop with
+classifier-free guidance. The forward process, its coefficients and every sampler step are
+diffusers' (``DDPMScheduler`` / ``DDIMScheduler`` with ``prediction_type="sample"``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+from torch import nn
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+@dataclass
+class DiffusionConfig:
+    """The noising process and how the prompt is dropped in training."""
+
+    num_train_timesteps: int = 1000  # DDPM steps of the forward process
+    beta_schedule: str = "squaredcos_cap_v2"  # diffusers beta schedule name
+    prompt_dropout: float = 0.1  # probability of training without the prompt (for guidance)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
+    # clip_sample=False: parameters are not images in [-1, 1]; the model predicts the sample itself.
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type="sample",
+        clip_sample=False,
+    )
+
+
+def sampling_scheduler(cfg: DiffusionConfig, sampler: str = "ddim"):
+    base = train_scheduler(cfg)
+    if sampler == "ddim":
+        return DDIMScheduler.from_config(base.config, timestep_spacing="trailing", set_alpha_to_one=True)
+    if sampler == "ddpm":
+        return DDPMScheduler.from_config(base.config, timestep_spacing="trailing")
+    raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+
+
+def diffusion_loss(
+    model: nn.Module,
+    scheduler: DDPMScheduler,
+    theta_start: torch.Tensor,
+    theta_future: torch.Tensor,
+    start_metric: torch.Tensor,
+    prompt: torch.Tensor,
+    prompt_dropout: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """MSE between the model's x0-prediction and ``theta_future`` ``(B, D)`` at random timesteps."""
+    b = theta_future.shape[0]
+    device = theta_future.device
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device="cpu").to(
+        device
+    )
+    noise = torch.randn(theta_future.shape, generator=generator, device="cpu").to(device)
+    noisy = scheduler.add_noise(theta_future, noise, t)
+    keep = torch.rand(b, generator=generator, device="cpu").to(device) >= prompt_dropout
+    pred = model(noisy, t, theta_start, start_metric, prompt, keep)
+    return F.mse_loss(pred, theta_future)
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    cfg: DiffusionConfig,
+    theta_start: torch.Tensor,
+    start_metric: torch.Tensor,
+    prompt: torch.Tensor,
+    num_inference_steps: int = 10,
+    guidance_scale: float = 1.0,
+    sampler: str = "ddim",
+    generator: torch.Generator | None = None,
+    clamp: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Draw ``theta_future`` ``(B, D)`` (normalised) for each start and prompt.
+
+    ``guidance_scale`` > 1 applies classifier-free guidance: x0 = uncond + s * (cond - uncond).
+    ``clamp`` = (low, high) ``(D,)`` bounds each x0-prediction to the zoo's parameter range.
+    """
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be positive, got {num_inference_steps}")
+    sched = sampling_scheduler(cfg, sampler)
+    sched.set_timesteps(num_inference_steps)
+    b = theta_start.shape[0]
+    device = theta_start.device
+    x = torch.randn(theta_start.shape, generator=generator, device="cpu").to(device)
+    on = torch.ones(b, dtype=torch.bool, device=device)
+    for t in sched.timesteps:
+        tt = torch.full((b,), int(t), device=device)
+        if guidance_scale == 1.0:
+            x0 = model(x, tt, theta_start, start_metric, prompt, on)
+        else:
+            both = model(
+                torch.cat([x, x]),
+                torch.cat([tt, tt]),
+                torch.cat([theta_start, theta_start]),
+                torch.cat([start_metric, start_metric]),
+                torch.cat([prompt, prompt]),
+                torch.cat([on, ~on]),
+            )
+            cond, uncond = both.chunk(2)
+            x0 = uncond + guidance_scale * (cond - uncond)
+        if clamp is not None:
+            x0 = torch.maximum(torch.minimum(x0, clamp[1]), clamp[0])
+        x = sched.step(x0, t, x, generator=generator).prev_sample
+    return x

@@ -1,0 +1,105 @@
+"""Exported models: ``model.safetensors`` (EMA weights, parameter normaliser, clamp range) plus
+``config.json`` (everything needed to rebuild and sample the model without the zoo or training code)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt_params.diffusion import DiffusionConfig
+from gpt_params.errors import GptParamsError
+from gpt_params.layout import ParamLayout
+from gpt_params.model import ModelConfig, ParamDiffusionTransformer
+from gpt_params.normalize import ParamNormalizer
+from gpt_params.tasks import get_task
+
+EXPORT_VERSION = 1
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+@dataclass
+class Exported:
+    """A loaded export: the denoiser, how to (de)normalise, and the metadata it was trained with."""
+
+    model: ParamDiffusionTransformer
+    normalizer: ParamNormalizer
+    clamp: tuple[torch.Tensor, torch.Tensor] | None  # normalised (low, high) per coordinate
+    diffusion: DiffusionConfig
+    meta: dict  # task, metric, metric_range, best_prompt, zoo and training summaries
+
+
+def save_export(
+    out_dir: str | Path,
+    model: ParamDiffusionTransformer,
+    normalizer: ParamNormalizer,
+    clamp: tuple[torch.Tensor, torch.Tensor] | None,
+    diffusion: DiffusionConfig,
+    meta: dict,
+) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({k: v.cpu().contiguous() for k, v in normalizer.state().items()})
+    if clamp is not None:
+        tensors["clamp.low"], tensors["clamp.high"] = clamp[0].cpu().contiguous(), clamp[1].cpu().contiguous()
+    tmp = out / f".{WEIGHTS}.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(out / WEIGHTS)
+    config = {
+        "export_version": EXPORT_VERSION,
+        "model": model.config.to_dict(),
+        "diffusion": diffusion.to_dict(),
+        **meta,
+    }
+    (out / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+    return out
+
+
+def load_export(path: str | Path, device: str | torch.device | None = None) -> Exported:
+    """Load an export directory; raises :class:`GptParamsError` naming what is missing or wrong."""
+    path = Path(path)
+    cfg_file, weights = path / CONFIG, path / WEIGHTS
+    for f in (cfg_file, weights):
+        if not f.is_file():
+            raise GptParamsError(
+                f"model export {str(path)!r} lacks {f.name}; expected {CONFIG} and {WEIGHTS}"
+            )
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise GptParamsError(f"{str(cfg_file)!r} is not valid JSON ({e})") from None
+    if meta.get("export_version") != EXPORT_VERSION:
+        raise GptParamsError(
+            f"{str(path)!r} has export version {meta.get('export_version')}, expected {EXPORT_VERSION}"
+        )
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for corrupt headers/data
+        raise GptParamsError(f"{str(weights)!r} is not a readable safetensors file ({e})") from None
+    task = get_task(meta["task"])
+    layout = ParamLayout.from_json(meta["layout"])
+    if layout != task.layout:
+        raise GptParamsError(
+            f"{str(path)!r} was trained for layout {layout.describe()}, task has {task.layout.describe()}"
+        )
+    model = ParamDiffusionTransformer(layout, task.symmetries, ModelConfig(**meta["model"]))
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise GptParamsError(
+            f"{str(weights)!r} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.eval().to(device or "cpu")
+    clamp = (
+        (tensors["clamp.low"].to(device or "cpu"), tensors["clamp.high"].to(device or "cpu"))
+        if "clamp.low" in tensors
+        else None
+    )
+    meta_only = {k: v for k, v in meta.items() if k not in ("model", "diffusion", "export_version")}
+    return Exported(
+        model, ParamNormalizer.from_state(tensors), clamp, DiffusionConfig(**meta["diffusion"]), meta_only
+    )

@@ -1,0 +1,142 @@
+"""The conditional diffusion transformer over parameters, p(theta_future | theta_start, metrics).
+
+Inputs per network: the noisy future parameters ``theta_noisy`` (B, D), the starting parameters
+``theta_start`` (B, D), the starting metric and the prompted metric (B,), the diffusion timestep
+(B,). Output: a prediction of the future parameters themselves (x0-prediction),
+``theta_start + change``, where the change comes from zero-initialised decoders so an untrained
+model returns ``theta_start`` unchanged.
+
+The backbone is DiT's: pre-LN transformer blocks from timm's ``Attention`` (fused
+scaled-dot-product attention) and ``Mlp``, modulated by the conditioning vector through adaLN-Zero.
+All metric and time inputs are scalars embedded with Fourier features.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from timm.layers import Attention, Mlp
+from torch import nn
+
+from gpt_params.layout import ParamLayout, PermGroup
+from gpt_params.tokenizers import ChunkTokenizer, NeuronTokenizer
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a :class:`ParamDiffusionTransformer`."""
+
+    width: int = 256  # token width E
+    depth: int = 6  # transformer blocks
+    heads: int = 4  # attention heads
+    mlp_ratio: float = 4.0  # MLP hidden width / E
+    tokenizer: str = "neuron"  # "neuron" (permutation-equivariant) or "chunk" (G.pt)
+    chunk: int = 256  # values per chunk token
+    edge_width: int = 64  # neuron tokenizer: width of the per-weight pair head between hidden layers
+    fourier_features: int = 64  # sin/cos pairs per scalar input
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(width=64, depth=2, heads=2, edge_width=16, fourier_features=16),
+    "small": ModelConfig(width=256, depth=6, heads=4),
+    "base": ModelConfig(width=512, depth=12, heads=8),
+    "large": ModelConfig(width=1024, depth=16, heads=16, edge_width=128),
+}
+
+
+class FourierEmbedding(nn.Module):
+    """Scalar ``(B,)`` -> ``(B, E)``: fixed log-spaced sin/cos features, then an MLP."""
+
+    def __init__(self, width: int, n_freq: int, max_freq: float = 1000.0) -> None:
+        super().__init__()
+        self.register_buffer(
+            "freqs", torch.exp(torch.linspace(0.0, math.log(max_freq), n_freq)), persistent=False
+        )
+        self.mlp = nn.Sequential(nn.Linear(2 * n_freq, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angles = x.float()[:, None] * self.freqs  # (B, F)
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], -1))
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block with adaLN-Zero conditioning (DiT)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(width, num_heads=heads, qkv_bias=True)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=lambda: nn.GELU(approximate="tanh"))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # each (B, E)
+        x = x + gate1[:, None] * self.attn(_modulate(self.norm1(x), shift1, scale1))
+        return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
+
+
+class ParamDiffusionTransformer(nn.Module):
+    """x0-predicting denoiser over flat parameter vectors of one task layout."""
+
+    def __init__(self, layout: ParamLayout, groups: tuple[PermGroup, ...], config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        e = config.width
+        if config.tokenizer == "neuron":
+            self.tokenizer = NeuronTokenizer(layout, groups, e, config.chunk, config.edge_width)
+        elif config.tokenizer == "chunk":
+            self.tokenizer = ChunkTokenizer(layout, e, config.chunk)
+        else:
+            raise ValueError(f"unknown tokenizer {config.tokenizer!r}; expected 'neuron' or 'chunk'")
+        self.t_embed = FourierEmbedding(e, config.fourier_features)
+        self.start_embed = FourierEmbedding(e, config.fourier_features, max_freq=100.0)
+        self.prompt_embed = FourierEmbedding(e, config.fourier_features, max_freq=100.0)
+        self.null_prompt = nn.Parameter(
+            torch.zeros(e)
+        )  # used where the prompt is dropped (classifier-free guidance)
+        self.blocks = nn.ModuleList(Block(e, config.heads, config.mlp_ratio) for _ in range(config.depth))
+        self.norm = nn.LayerNorm(e, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(e, 2 * e))
+        nn.init.zeros_(self.final_ada[1].weight)
+        nn.init.zeros_(self.final_ada[1].bias)
+
+    def forward(
+        self,
+        theta_noisy: torch.Tensor,
+        t: torch.Tensor,
+        theta_start: torch.Tensor,
+        start_metric: torch.Tensor,
+        prompt: torch.Tensor,
+        prompt_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predicted ``theta_future`` ``(B, D)`` (normalised parameters in, normalised out).
+
+        ``t`` (B,) are diffusion timesteps in [0, 1000); metrics (B,) are already normalised;
+        ``prompt_mask`` (B,) bool is False where the prompt is dropped.
+        """
+        p = self.prompt_embed(prompt)  # (B, E)
+        if prompt_mask is not None:
+            p = torch.where(prompt_mask[:, None], p, self.null_prompt.expand_as(p))
+        c = self.t_embed(t / 1000.0) + self.start_embed(start_metric) + p  # (B, E)
+        x = self.tokenizer.encode(theta_start, theta_noisy)  # (B, T, E)
+        for block in self.blocks:
+            x = block(x, c)
+        shift, scale = self.final_ada(c).chunk(2, dim=-1)
+        x = _modulate(self.norm(x), shift, scale)  # (B, T, E)
+        return theta_start + self.tokenizer.decode(x, theta_start, theta_noisy)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

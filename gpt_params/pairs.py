@@ -1,0 +1,130 @@
+"""Training pairs (theta_i, theta_j), j >= i, from train-split runs of a zoo.
+
+Batches come from a buffer of whole runs held in memory: every step a few buffer slots are refilled
+with fresh runs (one contiguous read each) and the batch's pairs are drawn from the buffer. Which
+slots, runs and pairs are used at step ``s`` is a pure function of ``(seed, s)``, so a resumed
+training sees exactly the stream an uninterrupted one would; a zoo larger than memory is fine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from gpt_params.layout import ParamLayout, PermGroup, permute, random_perms
+from gpt_params.normalize import ParamNormalizer, normalize_metric
+from gpt_params.zoo_reader import Zoo
+
+
+@dataclass
+class PairConfig:
+    """How training pairs are drawn."""
+
+    metric: str = "val_loss"  # conditioning metric (validation, never test)
+    init_frac: float = 0.25  # fraction of pairs that start at the random init (step 0)
+    same_frac: float = 0.05  # fraction of pairs with j == i, so "stay where you are" is a prompt it knows
+    buffer_runs: int = 512  # runs held in memory
+    refresh_runs: int = 8  # buffer slots refilled per step
+    augment: bool = True  # random hidden-unit permutation, the same for both ends of a pair
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *keys])
+
+
+class PairStream(IterableDataset):
+    """Yields batches ``{theta_start, theta_future: (B, D); start_metric, prompt: (B,)}``, normalised,
+    for steps ``start_step, start_step + 1, ...``; one HDF5 handle per worker process."""
+
+    def __init__(
+        self,
+        zoo_path: str,
+        rows: np.ndarray,
+        batch_size: int,
+        cfg: PairConfig,
+        normalizer: ParamNormalizer,
+        layout: ParamLayout,
+        groups: tuple[PermGroup, ...],
+        task: str,
+        seed: int = 0,
+        start_step: int = 0,
+    ) -> None:
+        self.zoo_path = zoo_path
+        self.rows = np.asarray(rows)
+        if len(self.rows) == 0:
+            raise ValueError("no runs to draw training pairs from")
+        self.batch_size = batch_size
+        self.cfg = cfg
+        self.normalizer = normalizer
+        self.layout = layout
+        self.groups = groups
+        self.task = task
+        self.seed = seed
+        self.start_step = start_step
+        self.n_slots = min(cfg.buffer_runs, len(self.rows))
+
+    def _refills(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, runs) refilled before ``step``; step 0 fills every slot."""
+        if step == 0:
+            return np.arange(self.n_slots), _rng(self.seed, 1).choice(self.rows, self.n_slots, replace=False)
+        g = _rng(self.seed, 2, step)
+        k = min(self.cfg.refresh_runs, self.n_slots)
+        return g.choice(self.n_slots, k, replace=False), g.choice(self.rows, k)
+
+    def buffer_at(self, step: int) -> np.ndarray:
+        """Which run each slot holds when ``step`` is drawn (replays the refills, reads nothing)."""
+        owner = np.empty(self.n_slots, dtype=np.int64)
+        for s in range(step + 1):
+            slots, runs = self._refills(s)
+            owner[slots] = runs
+        return owner
+
+    def batch(self, step: int, zoo: Zoo, params: np.ndarray, metric: np.ndarray) -> dict[str, torch.Tensor]:
+        """Draw the pairs of ``step`` from the buffer ``params`` (slots, K, D) / ``metric`` (slots, K)."""
+        g = _rng(self.seed, 3, step)
+        b, k = self.batch_size, params.shape[1]
+        slot = g.integers(0, self.n_slots, b)
+        i = np.where(g.random(b) < self.cfg.init_frac, 0, g.integers(0, k, b))
+        later = i + 1 + np.floor(g.random(b) * (k - 1 - i)).astype(np.int64)  # uniform over i+1 .. K-1
+        j = np.where((g.random(b) < self.cfg.same_frac) | (i == k - 1), i, later)
+        start = torch.from_numpy(params[slot, i])  # (B, D)
+        future = torch.from_numpy(params[slot, j])  # (B, D)
+        if self.cfg.augment and self.groups:
+            perms = random_perms(self.groups, b, torch.Generator().manual_seed(int(g.integers(2**62))))
+            both = permute(
+                torch.cat([start, future]), self.layout, self.groups, [torch.cat([p, p]) for p in perms]
+            )
+            start, future = both.chunk(2)
+        m = torch.from_numpy(metric)
+        return {
+            "theta_start": self.normalizer.normalize(start),
+            "theta_future": self.normalizer.normalize(future),
+            "start_metric": normalize_metric(m[slot, i], self.cfg.metric, self.task),
+            "prompt": normalize_metric(m[slot, j], self.cfg.metric, self.task),
+        }
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        zoo = Zoo(self.zoo_path)
+        metric_all = zoo.metrics[self.cfg.metric]
+        owner = self.buffer_at(self.start_step)
+        params = np.stack([zoo.params(int(r)) for r in owner])  # (slots, K, D)
+        metric = metric_all[owner]
+        step = self.start_step
+        while True:
+            if step > self.start_step:
+                slots, runs = self._refills(step)
+                for s, r in zip(slots, runs, strict=True):
+                    params[s] = zoo.params(int(r))
+                metric[slots] = metric_all[runs]
+            if (step - self.start_step) % n_workers == worker:
+                yield self.batch(step, zoo, params, metric)
+            step += 1

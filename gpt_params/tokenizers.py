@@ -1,0 +1,206 @@
+"""Parameter tokenizers: flat vectors ``(B, D)`` <-> token sequences ``(B, T, E)``.
+
+Both tokenizers read two vectors per network, the starting parameters ``theta_start`` and the noisy
+future parameters ``theta_noisy``, and decode the tokens into a *change* ``(B, D)`` that the model
+adds to ``theta_start`` (its zero-initialised decoders make an untrained model return the start).
+
+* :class:`ChunkTokenizer`: G.pt's scheme. Each tensor is cut into chunks of at most ``chunk`` values;
+  every token position has its own projections and a learned position embedding.
+* :class:`NeuronTokenizer`: one token per hidden unit, built from the task's permutation groups. A
+  unit's token carries the tensor slices indexed by that unit (incoming weights and bias, outgoing
+  weights where the next layer is not hidden); one projection per layer is shared by its units and
+  there is no position embedding among them. Weights *between* two hidden layers belong to both
+  units, so they are pooled into both tokens on the way in and decoded per entry from the pair of
+  tokens on the way out. The model is therefore equivariant to hidden-unit permutations by
+  construction. Tensors touched by no group (output biases, ...) become chunk tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gpt_params.layout import ParamLayout, PermGroup
+
+
+def _unit_index(layout: ParamLayout, name: str, axis: int) -> torch.Tensor:
+    """Flat indices of tensor ``name`` with ``axis`` moved first: ``(units, features)``."""
+    idx = layout.unflatten(torch.arange(layout.numel))[name]
+    return idx.movedim(axis, 0).reshape(idx.shape[axis], -1)
+
+
+def _chunks(layout: ParamLayout, names: list[str], chunk: int) -> list[torch.Tensor]:
+    """Flat index ranges, at most ``chunk`` long, covering ``names`` tensor by tensor."""
+    out = []
+    for name in names:
+        s = layout.slice_of(name)
+        for start in range(s.start, s.stop, chunk):
+            out.append(torch.arange(start, min(start + chunk, s.stop)))
+    return out
+
+
+class _PerTokenLinear(nn.Module):
+    """T independent linear maps ``(B, T, I) -> (B, T, O)``, inputs zero-padded to a common width."""
+
+    def __init__(self, n_tokens: int, d_in: int, d_out: int, zero: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_tokens, d_in, d_out))
+        self.bias = nn.Parameter(torch.zeros(n_tokens, d_out))
+        if zero:
+            nn.init.zeros_(self.weight)
+        else:
+            nn.init.normal_(self.weight, std=1.0 / math.sqrt(d_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bti,tio->bto", x, self.weight) + self.bias
+
+
+class ChunkTokenizer(nn.Module):
+    """G.pt's tokenizer over the whole vector, or over ``names`` only when given."""
+
+    def __init__(
+        self, layout: ParamLayout, width: int, chunk: int = 256, names: list[str] | None = None
+    ) -> None:
+        super().__init__()
+        self.chunk = chunk
+        pieces = _chunks(layout, list(layout.names) if names is None else names, chunk)
+        pad = torch.full((len(pieces), chunk), -1, dtype=torch.long)
+        for t, p in enumerate(pieces):
+            pad[t, : len(p)] = p
+        self.register_buffer("index", pad, persistent=False)  # (T, M), -1 = padding
+        self.n_tokens = len(pieces)
+        self.embed = _PerTokenLinear(self.n_tokens, 2 * chunk, width)
+        self.pos = nn.Parameter(torch.randn(self.n_tokens, width) * 0.02)
+        self.head = _PerTokenLinear(self.n_tokens, width, chunk, zero=True)
+
+    def _gather(self, theta: torch.Tensor) -> torch.Tensor:
+        valid = self.index >= 0
+        return theta[:, self.index.clamp(min=0)] * valid  # (B, T, M), padding zeroed
+
+    def encode(self, theta_start: torch.Tensor, theta_noisy: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self._gather(theta_start), self._gather(theta_noisy)], -1)  # (B, T, 2M)
+        return self.embed(x) + self.pos  # (B, T, E)
+
+    def decode(self, h: torch.Tensor, theta_start: torch.Tensor, theta_noisy: torch.Tensor) -> torch.Tensor:
+        """The change ``(B, D)`` predicted from tokens ``h`` ``(B, T, E)``."""
+        out = theta_start.new_zeros(theta_start.shape)
+        self.decode_into(h, out)
+        return out
+
+    def decode_into(self, h: torch.Tensor, out: torch.Tensor) -> None:
+        delta = self.head(h)  # (B, T, M)
+        valid = self.index >= 0
+        out[:, self.index[valid]] = delta[:, valid]
+
+
+class NeuronTokenizer(nn.Module):
+    """Permutation-equivariant tokens: one per hidden unit, plus chunk tokens for the rest."""
+
+    def __init__(
+        self,
+        layout: ParamLayout,
+        groups: tuple[PermGroup, ...],
+        width: int,
+        chunk: int = 256,
+        edge_width: int = 64,
+    ) -> None:
+        super().__init__()
+        owners: dict[str, list[tuple[int, int]]] = {}
+        for g, group in enumerate(groups):
+            for name, axis in group.members:
+                owners.setdefault(name, []).append((g, axis))
+        self.sizes = [g.size for g in groups]
+        unit_idx: list[list[torch.Tensor]] = [[] for _ in groups]
+        self.edges: list[tuple[int, int]] = []  # (group a: tensor axis 1 side, group b: axis 0 side)
+        edge_idx = []
+        for name, own in owners.items():
+            if len(own) == 1:
+                g, axis = own[0]
+                unit_idx[g].append(_unit_index(layout, name, axis))
+            elif len(own) == 2:
+                (ga, axa), (gb, axb) = own
+                idx = layout.unflatten(torch.arange(layout.numel))[name]
+                idx = idx.movedim((axa, axb), (0, 1)).reshape(
+                    idx.shape[axa], idx.shape[axb], -1
+                )  # (na, nb, F)
+                self.edges.append((ga, gb))
+                edge_idx.append(idx)
+            else:
+                raise ValueError(
+                    f"tensor {name!r} is indexed by {len(own)} permutation groups; at most 2 supported"
+                )
+        feats = []
+        for g, parts in enumerate(unit_idx):
+            idx = torch.cat(parts, 1) if parts else torch.zeros(self.sizes[g], 0, dtype=torch.long)
+            self.register_buffer(f"unit_index_{g}", idx, persistent=False)  # (n_g, F_g)
+            feats.append(idx.shape[1])
+        for e, idx in enumerate(edge_idx):
+            self.register_buffer(f"edge_index_{e}", idx, persistent=False)  # (n_a, n_b, F_e)
+        self.embed = nn.ModuleList(nn.Linear(2 * f, width) for f in feats)
+        self.layer_emb = nn.Parameter(torch.randn(len(groups), width) * 0.02)
+        self.head = nn.ModuleList(nn.Linear(width, f) for f in feats)
+        for h in self.head:
+            nn.init.zeros_(h.weight)
+            nn.init.zeros_(h.bias)
+        self.edge_in = nn.ModuleList(
+            nn.Sequential(nn.Linear(2 * idx.shape[-1], edge_width), nn.GELU(), nn.Linear(edge_width, width))
+            for idx in edge_idx
+        )
+        self.edge_a = nn.ModuleList(nn.Linear(width, edge_width) for _ in edge_idx)
+        self.edge_b = nn.ModuleList(nn.Linear(width, edge_width) for _ in edge_idx)
+        self.edge_x = nn.ModuleList(nn.Linear(2 * idx.shape[-1], edge_width) for idx in edge_idx)
+        self.edge_out = nn.ModuleList(nn.Linear(edge_width, idx.shape[-1]) for idx in edge_idx)
+        for h in self.edge_out:
+            nn.init.zeros_(h.weight)
+            nn.init.zeros_(h.bias)
+        covered = set(owners)
+        rest = [n for n in layout.names if n not in covered]
+        self.rest = ChunkTokenizer(layout, width, chunk, names=rest) if rest else None
+        self.n_tokens = sum(self.sizes) + (self.rest.n_tokens if self.rest else 0)
+
+    def _unit_index(self, g: int) -> torch.Tensor:
+        return getattr(self, f"unit_index_{g}")
+
+    def _edge_index(self, e: int) -> torch.Tensor:
+        return getattr(self, f"edge_index_{e}")
+
+    def _edge_inputs(self, e: int, theta_start: torch.Tensor, theta_noisy: torch.Tensor) -> torch.Tensor:
+        idx = self._edge_index(e)
+        return torch.cat([theta_start[:, idx], theta_noisy[:, idx]], -1)  # (B, n_a, n_b, 2F)
+
+    def encode(self, theta_start: torch.Tensor, theta_noisy: torch.Tensor) -> torch.Tensor:
+        units = []
+        for g, emb in enumerate(self.embed):
+            idx = self._unit_index(g)
+            x = torch.cat([theta_start[:, idx], theta_noisy[:, idx]], -1)  # (B, n_g, 2F_g)
+            units.append(emb(x) + self.layer_emb[g])  # (B, n_g, E)
+        for e, (ga, gb) in enumerate(self.edges):
+            pooled = self.edge_in[e](self._edge_inputs(e, theta_start, theta_noisy))  # (B, n_a, n_b, E)
+            units[ga] = units[ga] + pooled.mean(2)
+            units[gb] = units[gb] + pooled.mean(1)
+        tokens = torch.cat(units, 1)  # (B, sum n_g, E)
+        if self.rest is not None:
+            tokens = torch.cat([tokens, self.rest.encode(theta_start, theta_noisy)], 1)
+        return tokens
+
+    def decode(self, h: torch.Tensor, theta_start: torch.Tensor, theta_noisy: torch.Tensor) -> torch.Tensor:
+        """The change ``(B, D)`` predicted from tokens ``h`` ``(B, T, E)``."""
+        out = theta_start.new_zeros(theta_start.shape)
+        offsets = [0]
+        for n in self.sizes:
+            offsets.append(offsets[-1] + n)
+        hs = [h[:, offsets[g] : offsets[g + 1]] for g in range(len(self.sizes))]
+        for g, head in enumerate(self.head):
+            idx = self._unit_index(g)
+            if idx.shape[1]:
+                out[:, idx] = head(hs[g])  # (B, n_g, F_g)
+        for e, (ga, gb) in enumerate(self.edges):
+            a = self.edge_a[e](hs[ga])[:, :, None]  # (B, n_a, 1, W)
+            b = self.edge_b[e](hs[gb])[:, None]  # (B, 1, n_b, W)
+            x = self.edge_x[e](self._edge_inputs(e, theta_start, theta_noisy))  # (B, n_a, n_b, W)
+            out[:, self._edge_index(e)] = self.edge_out[e](torch.nn.functional.gelu(a + b + x))
+        if self.rest is not None:
+            self.rest.decode_into(h[:, offsets[-1] :], out)
+        return out

@@ -1,0 +1,162 @@
+import pytest
+import torch
+
+from gpt_params.diffusion import DiffusionConfig, diffusion_loss, sample, train_scheduler
+from gpt_params.export import Exported, load_export, save_export
+from gpt_params.layout import permute, random_perms
+from gpt_params.model import PRESETS, ModelConfig, ParamDiffusionTransformer, count_parameters
+from gpt_params.normalize import ParamNormalizer
+from gpt_params.tasks import get_task
+
+
+def make(task_name, tokenizer="neuron", preset="tiny"):
+    task = get_task(task_name)
+    cfg = ModelConfig(**{**PRESETS[preset].to_dict(), "tokenizer": tokenizer, "chunk": 64})
+    torch.manual_seed(0)
+    return task, ParamDiffusionTransformer(task.layout, task.symmetries, cfg)
+
+
+def inputs(task, b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    d = task.layout.numel
+    return (
+        torch.randn(b, d, generator=g),
+        torch.randint(0, 1000, (b,), generator=g),
+        torch.randn(b, d, generator=g),
+        torch.randn(b, generator=g),
+        torch.randn(b, generator=g),
+    )
+
+
+def randomise_heads(model):
+    """Give the zero-initialised decoders weights, so outputs depend on the inputs."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(std=0.05)
+
+
+@pytest.mark.parametrize("tokenizer", ["neuron", "chunk"])
+@pytest.mark.parametrize("task_name", ["mnist-mlp", "cartpole", "mnist-cnn"])
+def test_untrained_model_returns_the_start_and_has_the_right_shape(task_name, tokenizer):
+    task, model = make(task_name, tokenizer)
+    noisy, t, start, m0, p = inputs(task)
+    out = model(noisy, t, start, m0, p)
+    assert out.shape == start.shape
+    assert torch.equal(out, start)
+
+
+@pytest.mark.parametrize("tokenizer", ["neuron", "chunk"])
+def test_decoders_reach_every_parameter(tokenizer):
+    task, model = make("cartpole", tokenizer)
+    randomise_heads(model)
+    noisy, t, start, m0, p = inputs(task)
+    assert ((model(noisy, t, start, m0, p) - start).abs() > 0).all()
+
+
+@pytest.mark.parametrize("task_name", ["mnist-mlp", "cartpole", "mnist-cnn"])
+def test_neuron_model_is_permutation_equivariant(task_name):
+    task, model = make(task_name, "neuron")
+    randomise_heads(model)
+    model.eval()
+    noisy, t, start, m0, p = inputs(task)
+    perms = random_perms(task.symmetries, 3, torch.Generator().manual_seed(5))
+
+    def perm(x):
+        return permute(x, task.layout, task.symmetries, perms)
+
+    out = model(noisy, t, start, m0, p)
+    out_p = model(perm(noisy), t, perm(start), m0, p)
+    torch.testing.assert_close(out_p, perm(out), rtol=1e-4, atol=1e-5)
+
+
+def test_chunk_model_is_not_equivariant():  # the property the neuron tokenizer adds
+    task, model = make("mnist-mlp", "chunk")
+    randomise_heads(model)
+    noisy, t, start, m0, p = inputs(task)
+    perms = random_perms(task.symmetries, 3, torch.Generator().manual_seed(5))
+
+    def perm(x):
+        return permute(x, task.layout, task.symmetries, perms)
+
+    assert not torch.allclose(
+        model(perm(noisy), t, perm(start), m0, p), perm(model(noisy, t, start, m0, p)), atol=1e-4
+    )
+
+
+def test_tiny_preset_is_under_a_million_parameters():
+    for name in ("mnist-mlp", "cartpole", "mnist-cnn"):
+        assert count_parameters(make(name)[1]) < 1_000_000
+
+
+def test_loss_falls_on_a_fixed_batch():
+    task, model = make("digits-mlp")
+    sched = train_scheduler(DiffusionConfig())
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(32, task.layout.numel, generator=g)
+    future = start + 0.5 * torch.randn(32, task.layout.numel, generator=g)
+    m0, p = torch.randn(32, generator=g), torch.randn(32, generator=g)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def loss(seed):
+        return diffusion_loss(model, sched, start, future, m0, p, 0.1, torch.Generator().manual_seed(seed))
+
+    first = sum(loss(s).item() for s in range(5)) / 5
+    for s in range(150):
+        opt.zero_grad()
+        loss(100 + s).backward()
+        opt.step()
+    last = sum(loss(s).item() for s in range(5)) / 5
+    assert last < 0.7 * first
+
+
+def test_export_round_trip_gives_identical_samples(tmp_path):
+    task, model = make("digits-mlp")
+    randomise_heads(model)
+    norm = ParamNormalizer(torch.zeros(task.layout.numel), torch.ones(task.layout.numel))
+    dcfg = DiffusionConfig()
+    meta = {
+        "task": "digits-mlp",
+        "layout": task.layout.to_json(),
+        "metric": "val_loss",
+        "best_prompt": 0.1,
+        "metric_range": [0.1, 2.4],
+    }
+    save_export(tmp_path, model, norm, None, dcfg, meta)
+    loaded = load_export(tmp_path)
+    assert isinstance(loaded, Exported) and loaded.meta["metric"] == "val_loss"
+    _, _, start, m0, p = inputs(task)
+    a = sample(
+        model.eval(), dcfg, start, m0, p, 4, guidance_scale=2.0, generator=torch.Generator().manual_seed(3)
+    )
+    b = sample(
+        loaded.model,
+        loaded.diffusion,
+        start,
+        m0,
+        p,
+        4,
+        guidance_scale=2.0,
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert torch.equal(a, b)
+
+
+def test_corrupt_or_missing_exports_are_clear_errors(tmp_path):
+    from gpt_params.errors import GptParamsError
+
+    with pytest.raises(GptParamsError, match="lacks config.json"):
+        load_export(tmp_path)
+    task, model = make("digits-mlp")
+    norm = ParamNormalizer(torch.zeros(task.layout.numel), torch.ones(task.layout.numel))
+    save_export(
+        tmp_path,
+        model,
+        norm,
+        None,
+        DiffusionConfig(),
+        {"task": "digits-mlp", "layout": task.layout.to_json()},
+    )
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(GptParamsError, match="not a readable safetensors"):
+        load_export(tmp_path)

@@ -1,0 +1,108 @@
+"""Smoke runs of train/diffuse.py: plain python, under accelerate launch, and save/resume."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from gpt_params.harvest import HarvestConfig, harvest
+
+from .conftest import repo_root
+
+SCRIPT = str(repo_root() / "train" / "diffuse.py")
+TINY = [
+    "--preset",
+    "tiny",
+    "--batch-size",
+    "16",
+    "--num-workers",
+    "0",
+    "--buffer-runs",
+    "8",
+    "--refresh-runs",
+    "2",
+    "--eval-every",
+    "0",
+    "--warmup-steps",
+    "2",
+]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo") / "digits.h5"
+    harvest(HarvestConfig(task="digits-mlp", runs=16, ckpts_per_run=6, cohort_size=8, epochs=2, out=str(out)))
+    return out
+
+
+def run(args, launcher=None):
+    cmd = (launcher or [sys.executable]) + [SCRIPT, *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def test_two_steps_export_a_loadable_model(zoo, tmp_path):
+    from gpt_params.export import load_export
+
+    out = tmp_path / "run"
+    run(
+        [
+            "--zoo",
+            str(zoo),
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--save-every",
+            "1",
+            "--eval-every",
+            "2",
+            *TINY[:-4],
+        ]
+    )
+    exp = load_export(out)
+    assert exp.meta["task"] == "digits-mlp" and exp.meta["metric"] == "val_loss"
+    assert exp.meta["metric_range"][0] < exp.meta["metric_range"][1]
+    assert (out / "state" / "step-2").is_dir()
+
+
+def test_accelerate_launch_runs_the_same_script(zoo, tmp_path):
+    accelerate = shutil.which("accelerate") or str(repo_root() / ".venv" / "bin" / "accelerate")
+    launcher = [
+        accelerate,
+        "launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--cpu",
+    ]
+    run(["--zoo", str(zoo), "--out", str(tmp_path / "acc"), "--max-steps", "2", *TINY], launcher=launcher)
+    assert (tmp_path / "acc" / "model.safetensors").is_file()
+
+
+def test_resume_continues_to_the_uninterrupted_result(zoo, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(["--zoo", str(zoo), "--out", str(a), "--max-steps", "4", "--save-every", "2", *TINY])
+    run(["--zoo", str(zoo), "--out", str(b), "--max-steps", "4", "--save-every", "2", *TINY])
+    shutil.rmtree(b / "state" / "step-4")
+    (b / "model.safetensors").unlink()
+    run(["--zoo", str(zoo), "--out", str(b), "--max-steps", "4", "--save-every", "2", "--resume", *TINY])
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max() <= 1e-6, k
+
+
+def test_bad_zoo_is_a_one_line_error(tmp_path):
+    res = subprocess.run(
+        [sys.executable, SCRIPT, "--zoo", str(tmp_path / "none.h5")], capture_output=True, text=True
+    )
+    assert res.returncode != 0 and "none.h5" in res.stderr and res.stderr.strip().count("\n") == 0

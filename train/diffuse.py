@@ -1,0 +1,284 @@
+"""Train G.pt's conditional diffusion transformer on a checkpoint zoo.
+
+    python train/diffuse.py --zoo data/mnist-mlp.h5 --preset small --max-minutes 90 --out runs/mnist-mlp-loss
+    accelerate launch train/diffuse.py --zoo data/mnist-mlp.h5 --preset base --out runs/base    # 1 CPU or N GPUs
+    python train/diffuse.py --zoo data/mnist-mlp.h5 --out runs/mnist-mlp-loss --resume           # continue
+
+Writes ``<out>/state/`` (accelerate checkpoints for --resume) and the export ``<out>/model.safetensors``
++ ``<out>/config.json``. Conditioning uses a validation metric of train-split runs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from gpt_params.config import add_arguments, from_args, opt
+from gpt_params.diffusion import DiffusionConfig, diffusion_loss, train_scheduler
+from gpt_params.errors import GptParamsError
+from gpt_params.evaluate import prompt_alignment
+from gpt_params.export import Exported, save_export
+from gpt_params.model import PRESETS, ModelConfig, ParamDiffusionTransformer, count_parameters
+from gpt_params.normalize import ParamNormalizer
+from gpt_params.pairs import PairConfig, PairStream
+from gpt_params.tasks import get_task
+from gpt_params.zoo_reader import Zoo
+
+
+@dataclass
+class TrainConfig:
+    """Training run of the diffusion model; every field is a flag (``--max-steps`` etc.)."""
+
+    zoo: str = opt("", "zoo file to train on (train-split runs only)")
+    out: str = opt("runs/diffuse", "directory for the export and the accelerate state")
+    preset: str = opt("small", f"model size: {', '.join(PRESETS)}")
+    tokenizer: str = opt("", "override the preset's tokenizer: neuron or chunk")
+    metric: str = opt("", "conditioning metric (default: val_loss, or return_mean for RL zoos)")
+    batch_size: int = opt(256, "pairs per optimizer step and process")
+    max_steps: int = opt(20_000, "optimizer steps")
+    max_minutes: float = opt(0.0, "stop (and export) after this much wall time; 0 = no limit")
+    lr: float = opt(3e-4, "AdamW peak learning rate")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    warmup_steps: int = opt(500, "linear warm-up steps before cosine decay")
+    grad_clip: float = opt(1.0, "gradient norm clip")
+    grad_accum: int = opt(1, "gradient accumulation steps")
+    mixed_precision: str = opt("no", "accelerate mixed precision: no, fp16, bf16")
+    ema_decay: float = opt(0.999, "EMA decay of the weights used for sampling")
+    prompt_dropout: float = opt(0.1, "probability of dropping the prompt (classifier-free guidance)")
+    init_frac: float = opt(0.25, "fraction of pairs starting at the random init")
+    same_frac: float = opt(0.05, "fraction of pairs with no change (j == i)")
+    augment: bool = opt(True, "random hidden-unit permutations of each pair")
+    buffer_runs: int = opt(512, "runs held in memory by the pair stream")
+    refresh_runs: int = opt(8, "runs re-read per step")
+    normalize: str = opt("per_tensor", "parameter normalisation: per_tensor or global")
+    num_workers: int = opt(1, "dataloader worker processes (0 = load in the main process)")
+    seed: int = opt(0, "seed of model init and data stream")
+    save_every: int = opt(1000, "steps between accelerate checkpoints")
+    eval_every: int = opt(1000, "steps between validation (prompt alignment on val-split runs)")
+    eval_nets: int = opt(8, "val-split networks in each validation")
+    log_with: str = opt("", "accelerate tracker: tensorboard or wandb (opt-in)")
+    resume: bool = opt(False, "continue from the latest checkpoint in <out>/state")
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def fit_normalizer(zoo: Zoo, rows: np.ndarray, per_tensor: bool, seed: int) -> tuple[ParamNormalizer, tuple]:
+    pick = np.random.default_rng(seed).choice(rows, size=min(256, len(rows)), replace=False)
+    theta = np.concatenate([zoo.params(int(r)) for r in np.sort(pick)])  # (n * K, D)
+    norm = ParamNormalizer.fit(theta, zoo.layout, per_tensor=per_tensor)
+    z = norm.normalize(torch.from_numpy(theta))
+    return norm, (z.min(0).values, z.max(0).values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser, TrainConfig)
+    cfg = from_args(TrainConfig, parser.parse_args())
+    if cfg.preset not in PRESETS:
+        sys.exit(f"diffuse.py: error: unknown --preset {cfg.preset!r}; expected one of {', '.join(PRESETS)}")
+    try:
+        zoo = Zoo(cfg.zoo)
+    except GptParamsError as e:
+        sys.exit(f"diffuse.py: error: {e}")
+    out = Path(cfg.out)
+    acc = Accelerator(
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        log_with=cfg.log_with or None,
+        project_dir=str(out),
+    )
+    set_seed(cfg.seed)
+    task = get_task(
+        zoo.task,
+        **({"data_dir": zoo.harvest_config["data_dir"]} if zoo.harvest_config.get("data_dir") else {}),
+    )
+    metric = cfg.metric or ("return_mean" if task.kind == "rl" else "val_loss")
+    if metric not in zoo.metrics or metric.startswith("test"):
+        sys.exit(
+            f"diffuse.py: error: --metric {metric!r} not usable; choose a train/val metric of {sorted(zoo.metrics)}"
+        )
+    train_rows = zoo.runs("train")
+    if len(train_rows) == 0:
+        sys.exit(f"diffuse.py: error: {cfg.zoo!r} has no train-split runs")
+    normalizer, clamp = fit_normalizer(zoo, train_rows, cfg.normalize == "per_tensor", cfg.seed)
+    mcfg = ModelConfig(
+        **{**PRESETS[cfg.preset].to_dict(), **({"tokenizer": cfg.tokenizer} if cfg.tokenizer else {})}
+    )
+    model = ParamDiffusionTransformer(task.layout, task.symmetries, mcfg)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
+    dcfg = DiffusionConfig(prompt_dropout=cfg.prompt_dropout)
+    scheduler = train_scheduler(dcfg)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99)
+    )
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    model, optimizer, lr_sched = acc.prepare(model, optimizer, lr_sched)
+    ema.to(acc.device)
+    acc.register_for_checkpointing(ema)
+
+    state_dir = out / "state"
+    step = 0
+    if cfg.resume:
+        ckpts = sorted(state_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        if not ckpts:
+            sys.exit(f"diffuse.py: error: --resume given but {str(state_dir)!r} holds no checkpoint")
+        acc.load_state(str(ckpts[-1]))
+        step = int(ckpts[-1].name.split("-")[1])
+    metric_vals = zoo.metrics[metric][train_rows]
+    meta = {
+        "task": zoo.task,
+        "layout": task.layout.to_json(),
+        "metric": metric,
+        "metric_range": [float(np.nanmin(metric_vals)), float(np.nanmax(metric_vals))],
+        "best_prompt": float(
+            np.nanmin(metric_vals) if not task.higher_is_better(metric) else np.nanmax(metric_vals)
+        ),
+        "zoo": {
+            "path": str(zoo.path),
+            "runs": int(zoo.n_runs),
+            "train_runs": int(len(train_rows)),
+            "harvest": zoo.harvest_config,
+        },
+        "train": asdict(cfg),
+        "n_model_params": count_parameters(acc.unwrap_model(model)),
+    }
+    pair_cfg = PairConfig(
+        metric, cfg.init_frac, cfg.same_frac, cfg.buffer_runs, cfg.refresh_runs, cfg.augment
+    )
+    stream = PairStream(
+        str(zoo.path),
+        train_rows,
+        cfg.batch_size,
+        pair_cfg,
+        normalizer,
+        task.layout,
+        task.symmetries,
+        zoo.task,
+        seed=cfg.seed * 1000 + acc.process_index,
+        start_step=step * cfg.grad_accum,
+    )
+    loader = DataLoader(
+        stream, batch_size=None, num_workers=cfg.num_workers, prefetch_factor=4 if cfg.num_workers else None
+    )
+    if acc.is_main_process and cfg.log_with:
+        acc.init_trackers(
+            "gpt-params",
+            config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))},
+        )
+    val_rows = zoo.runs("val")[: cfg.eval_nets]
+    val_theta = (
+        torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in val_rows])
+        if len(val_rows)
+        else None
+    )
+
+    def export() -> None:
+        if acc.is_main_process:
+            save_export(out, ema.module, normalizer, clamp, dcfg, meta)
+
+    def validate() -> float | None:
+        if val_theta is None or not acc.is_main_process:
+            return None
+        exp = Exported(ema.module.eval(), normalizer, clamp, dcfg, meta)
+        res = prompt_alignment(
+            exp,
+            task,
+            val_theta,
+            n_prompts=5,
+            num_inference_steps=5,
+            generator=torch.Generator().manual_seed(0),
+        )
+        ema.module.train()
+        return res["r2"]
+
+    start_time, t_data, t_total, seen = time.time(), 0.0, 0.0, 0
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not acc.is_main_process)
+    it = iter(loader)
+    gen = torch.Generator()
+    micro = step * cfg.grad_accum  # index into the data stream; noise is seeded from it too
+    model.train()
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        batch = {k: v.to(acc.device) for k, v in next(it).items()}
+        t1 = time.perf_counter()
+        gen.manual_seed(hash((cfg.seed, acc.process_index, micro)) & 0x7FFFFFFF)
+        micro += 1
+        with acc.accumulate(model):
+            loss = diffusion_loss(
+                model,
+                scheduler,
+                batch["theta_start"],
+                batch["theta_future"],
+                batch["start_metric"],
+                batch["prompt"],
+                cfg.prompt_dropout,
+                gen,
+            )
+            acc.backward(loss)
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            lr_sched.step()
+            optimizer.zero_grad(set_to_none=True)
+        t_data += t1 - t0
+        t_total += time.perf_counter() - t0
+        seen += cfg.batch_size
+        if not acc.sync_gradients:
+            continue
+        ema.update_parameters(acc.unwrap_model(model))
+        step += 1
+        bar.update(1)
+        logs = {
+            "loss": loss.item(),
+            "lr": lr_sched.get_last_lr()[0],
+            "samples_per_s": seen / max(t_total, 1e-9),
+            "data_frac": t_data / max(t_total, 1e-9),
+        }
+        bar.set_postfix(
+            loss=f"{logs['loss']:.4f}", sps=f"{logs['samples_per_s']:.0f}", data=f"{logs['data_frac']:.1%}"
+        )
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            r2 = validate()
+            if r2 is not None:
+                logs["val_r2"] = r2
+                bar.write(f"step {step}: loss {logs['loss']:.4f}, val prompt alignment R^2 {r2:.3f}")
+        acc.log(logs, step=step)
+        timed_out = cfg.max_minutes and time.time() - start_time > 60 * cfg.max_minutes
+        if (cfg.save_every and step % cfg.save_every == 0) or timed_out or step == cfg.max_steps:
+            acc.wait_for_everyone()
+            acc.save_state(str(state_dir / f"step-{step}"))
+            export()
+        if timed_out:
+            break
+    bar.close()
+    meta["train_steps"] = step
+    meta["timing"] = {"data_frac": t_data / max(t_total, 1e-9), "samples_per_s": seen / max(t_total, 1e-9)}
+    export()
+    acc.end_training()
+    if acc.is_main_process:
+        print(json.dumps({"out": str(out), "steps": step, **meta["timing"]}))
+
+
+if __name__ == "__main__":
+    main()
