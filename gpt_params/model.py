@@ -41,6 +41,12 @@ class ModelConfig:
         return asdict(self)
 
 
+# Parameter counts (``count_parameters``), neuron / chunk tokenizer:
+#   preset  mnist-mlp (7,960)   cartpole (1,282)   mnist-cnn (5,082)   use
+#   tiny      0.38M / 1.86M       0.23M / 0.62M      0.23M / 1.27M      CI, smoke tests
+#   small     8.3M / 14.2M        7.8M / 9.3M        7.8M / 11.9M       2 CPU cores
+#   base      60M / 72M           59M / 62M          59M / 67M          one GPU
+#   large     311M / 335M         309M / 315M        309M / 325M        several GPUs (G.pt's scale)
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(width=64, depth=2, heads=2, edge_width=16, fourier_features=16),
     "small": ModelConfig(width=256, depth=6, heads=4),

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+
+from gpt_params.harvest import HarvestConfig, harvest
+from gpt_params.normalize import ParamNormalizer, denormalize_metric, normalize_metric
+from gpt_params.pairs import PairConfig, PairStream
+from gpt_params.tasks import get_task
+from gpt_params.zoo_reader import Zoo
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pairs") / "z.h5"
+    harvest(HarvestConfig(task="digits-mlp", runs=24, ckpts_per_run=6, cohort_size=12, epochs=2, out=str(out)))
+    return Zoo(out)
+
+
+def stream(zoo, augment=False, start_step=0, **kw):
+    task = get_task("digits-mlp")
+    norm = ParamNormalizer(torch.zeros(task.layout.numel), torch.ones(task.layout.numel))
+    cfg = PairConfig(augment=augment, buffer_runs=6, refresh_runs=2, **kw)
+    return PairStream(str(zoo.path), zoo.runs("train"), 64, cfg, norm, task.layout, task.symmetries, "digits-mlp", seed=1, start_step=start_step)
+
+
+def first(s, n):
+    it = iter(s)
+    return [next(it) for _ in range(n)]
+
+
+def find_pair(zoo, rows, start, future):
+    """(row, i, j) of a batch element within the zoo, or None."""
+    for r in rows:
+        p = zoo.params(int(r))  # (K, D)
+        i = np.flatnonzero((p == start).all(1))
+        j = np.flatnonzero((p == future).all(1))
+        if len(i) and len(j):
+            return int(r), int(i[0]), int(j[0])
+    return None
+
+
+def test_pairs_come_from_one_train_run_forward_in_time_with_val_conditioning(zoo):
+    batch = first(stream(zoo), 3)[-1]
+    train = zoo.runs("train")
+    for b in range(0, 64, 7):
+        found = find_pair(zoo, train, batch["theta_start"][b].numpy(), batch["theta_future"][b].numpy())
+        assert found is not None, "pair not found in any train-split run"
+        r, i, j = found
+        assert j >= i
+        val = zoo.metrics["val_loss"][r]
+        assert batch["start_metric"][b].item() == pytest.approx(float(np.log(val[i])), rel=1e-5)
+        assert batch["prompt"][b].item() == pytest.approx(float(np.log(val[j])), rel=1e-5)
+
+
+def test_stream_is_a_function_of_the_step_so_resume_sees_the_same_batches(zoo):
+    full = first(stream(zoo), 5)
+    resumed = first(stream(zoo, start_step=3), 2)
+    for a, b in zip(full[3:], resumed, strict=True):
+        for k in a:
+            assert torch.equal(a[k], b[k])
+
+
+def test_init_fraction_is_respected(zoo):
+    batches = first(stream(zoo, init_frac=1.0), 2)
+    inits = {tuple(zoo.params(int(r))[0][:5]) for r in zoo.runs("train")}
+    assert all(tuple(s[:5].tolist()) in inits for b in batches for s in b["theta_start"].numpy())
+
+
+def test_augmentation_permutes_both_ends_alike_and_keeps_the_function(zoo):
+    plain, aug = first(stream(zoo), 1)[0], first(stream(zoo, augment=True), 1)[0]
+    assert torch.equal(plain["prompt"], aug["prompt"])
+    assert not torch.equal(plain["theta_start"], aug["theta_start"])
+    task = get_task("digits-mlp")
+    x = task.data.x["val"][:20]
+    for key in ("theta_start", "theta_future"):
+        with torch.no_grad():
+            a = task.to_module(plain[key][0])(x)
+            b = task.to_module(aug[key][0])(x)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_metric_normalisation_round_trips():
+    v = torch.tensor([0.3, 1.0, 2.3])
+    for metric, task in (("val_loss", "mnist-mlp"), ("val_error", "mnist-mlp"), ("return_mean", "cartpole")):
+        torch.testing.assert_close(denormalize_metric(normalize_metric(v, metric, task), metric, task), v)
+    assert normalize_metric(torch.tensor([500.0]), "return_mean", "cartpole").item() == 1.0
