@@ -158,15 +158,16 @@ def cmd_zoo_info(args: argparse.Namespace) -> int:
     from gpt_params.zoo_reader import Zoo, summarise
 
     with Zoo(args.file) as zoo:
+        if args.metric is not None and args.metric not in zoo.metrics:
+            raise GptParamsError(
+                f"--metric {args.metric!r} is not in this zoo; it records {sorted(zoo.metrics)}"
+            )
         summary = summarise(zoo)
         print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
         if args.plot:
             from gpt_params.plots import zoo_figure
 
-            try:
-                fig = zoo_figure(zoo, args.metric)
-            except KeyError as e:
-                raise GptParamsError(e.args[0]) from None
+            fig = zoo_figure(zoo, args.metric)
             fig.savefig(args.plot, dpi=120)
             print(f"plot written to {args.plot}")
     return 0

@@ -121,6 +121,14 @@ class ZooWriter:
         if not self.path.parent.is_dir():
             raise ZooError(f"output directory {str(self.path.parent)!r} does not exist")
         if self.path.exists():
+            read_attrs(self.path)  # a gpt-params zoo of this schema, or a clear error
+            with h5py.File(self.path, "r") as f:
+                standalone = "params" in f and not f["params"].is_virtual and f["params"].shape[0] > 0
+            if standalone:
+                raise ZooError(
+                    f"{str(self.path)!r} is a self-contained zoo (e.g. written by zoo merge), not a harvest "
+                    f"index; harvest into another --out and merge the two"
+                )
             check_compatible(self.path, attrs)
         elif self.parts.exists() and any(self.parts.iterdir()):
             for part in self._part_files():

@@ -144,6 +144,17 @@ def test_sharded_harvest_merges_into_the_single_process_zoo(tmp_path):
         assert "shard_index" not in zm.harvest_config
 
 
+def test_harvest_never_overwrites_a_merged_zoo(tmp_path):
+    cfg = tiny(tmp_path)
+    harvest(cfg)
+    single = tmp_path / "single.h5"
+    merge([cfg.out], single)
+    before = single.read_bytes()
+    with pytest.raises(ZooError, match="self-contained"):
+        harvest(replace(cfg, out=str(single)))
+    assert single.read_bytes() == before
+
+
 def test_merge_refuses_duplicates_and_mismatches(tmp_path):
     a = tiny(tmp_path, "a.h5")
     harvest(a)

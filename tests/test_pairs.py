@@ -12,7 +12,9 @@ from gpt_params.zoo_reader import Zoo
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     out = tmp_path_factory.mktemp("pairs") / "z.h5"
-    harvest(HarvestConfig(task="digits-mlp", runs=24, ckpts_per_run=6, cohort_size=12, epochs=2, out=str(out)))
+    harvest(
+        HarvestConfig(task="digits-mlp", runs=24, ckpts_per_run=6, cohort_size=12, epochs=2, out=str(out))
+    )
     return Zoo(out)
 
 
@@ -20,7 +22,18 @@ def stream(zoo, augment=False, start_step=0, **kw):
     task = get_task("digits-mlp")
     norm = ParamNormalizer(torch.zeros(task.layout.numel), torch.ones(task.layout.numel))
     cfg = PairConfig(augment=augment, buffer_runs=6, refresh_runs=2, **kw)
-    return PairStream(str(zoo.path), zoo.runs("train"), 64, cfg, norm, task.layout, task.symmetries, "digits-mlp", seed=1, start_step=start_step)
+    return PairStream(
+        str(zoo.path),
+        zoo.runs("train"),
+        64,
+        cfg,
+        norm,
+        task.layout,
+        task.symmetries,
+        "digits-mlp",
+        seed=1,
+        start_step=start_step,
+    )
 
 
 def first(s, n):
