@@ -19,7 +19,14 @@ import torch.nn.functional as F
 
 from gpt_params.config import opt
 from gpt_params.errors import GptParamsError
-from gpt_params.recipes import cohort_shape, lr_factor, make_optimizer, run_recipe
+from gpt_params.recipes import (
+    RL_PRESETS,
+    SUPERVISED_PRESETS,
+    cohort_shape,
+    lr_factor,
+    make_optimizer,
+    run_recipe,
+)
 from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task
 from gpt_params.zoo import SPLIT_NAMES, Cohort, ZooWriter, zoo_attrs
@@ -277,6 +284,11 @@ def harvest(
         from gpt_params.harvest_rl import train_rl_cohort as train
     else:
         train = train_supervised_cohort
+    presets = RL_PRESETS if task.kind == "rl" else SUPERVISED_PRESETS
+    if cfg.preset not in presets:
+        raise GptParamsError(
+            f"--preset {cfg.preset!r} is not a {task.kind} preset; expected one of {presets}"
+        )
     writer = ZooWriter(cfg.out, zoo_attrs(task.name, task.layout, task.metric_names, cfg.stored()))
     n_cohorts = -(-cfg.runs // cfg.cohort_size)
     mine = [c for c in range(n_cohorts) if c % cfg.num_shards == cfg.shard_index]

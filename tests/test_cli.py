@@ -102,6 +102,14 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys, zoo):
         "nowhere",
         "does not exist",
     )
+    one_line_error(
+        capsys, ["harvest", *TINY, "--preset", "ppo", "--out", str(tmp_path / "a.h5")], "'ppo'", "gpt"
+    )
+    one_line_error(
+        capsys,
+        ["harvest", *TINY, "--data-dir", str(tmp_path), "--out", str(tmp_path / "a.h5")],
+        "no --data-dir",
+    )
     one_line_error(capsys, ["zoo", "info", str(tmp_path / "nope.h5")], "nope.h5", "does not exist")
     (tmp_path / "junk.h5").write_text("not hdf5")
     one_line_error(capsys, ["zoo", "info", str(tmp_path / "junk.h5")], "junk.h5", "not a readable HDF5")

@@ -211,8 +211,13 @@ def make_cifar10_cnn(
 def make_digits_mlp(
     data_dir: str | None = None, download: bool = False, data: Splits | None = None
 ) -> SupervisedTask:
+    from gpt_params.errors import TaskError
     from gpt_params.tasks import data as d
 
+    if data_dir is not None:
+        raise TaskError(
+            f"digits-mlp uses scikit-learn's bundled digits; it takes no --data-dir (got {data_dir!r})"
+        )
     return SupervisedTask(
         "digits-mlp",
         lambda: MLP(64, 16, 10),
