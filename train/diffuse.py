@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -56,7 +56,9 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "gradient norm clip")
     grad_accum: int = opt(1, "gradient accumulation steps")
     mixed_precision: str = opt("no", "accelerate mixed precision: no, fp16, bf16")
-    ema_decay: float = opt(0.999, "EMA decay of the weights used for sampling")
+    ema_decay: float = opt(
+        0.999, "EMA decay of the weights used for sampling (warmed up: min(decay, (1+n)/(10+n)))"
+    )
     prompt_dropout: float = opt(0.1, "probability of dropping the prompt (classifier-free guidance)")
     init_frac: float = opt(0.25, "fraction of pairs starting at the random init")
     same_frac: float = opt(0.05, "fraction of pairs with no change (j == i)")
@@ -81,6 +83,17 @@ def lr_lambda(cfg: TrainConfig):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+def ema_update(decay: float):
+    """EMA with warm-up, so short runs do not sample from weights dominated by the initialisation."""
+
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        d = min(decay, (1.0 + float(n_averaged)) / (10.0 + float(n_averaged)))
+        for e, p in zip(ema_params, params, strict=True):
+            e.lerp_(p, 1.0 - d)
+
+    return update
 
 
 def fit_normalizer(zoo: Zoo, rows: np.ndarray, per_tensor: bool, seed: int) -> tuple[ParamNormalizer, tuple]:
@@ -126,7 +139,7 @@ def main() -> None:
         **{**PRESETS[cfg.preset].to_dict(), **({"tokenizer": cfg.tokenizer} if cfg.tokenizer else {})}
     )
     model = ParamDiffusionTransformer(task.layout, task.symmetries, mcfg)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
+    ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=False)
     dcfg = DiffusionConfig(prompt_dropout=cfg.prompt_dropout)
     scheduler = train_scheduler(dcfg)
     optimizer = torch.optim.AdamW(
