@@ -30,6 +30,14 @@ from gpt_params.recipes import cohort_shape, lr_factor, make_optimizer, run_reci
 from gpt_params.tasks import get_task
 
 
+def new_run(task, cfg: HarvestConfig, r: int):
+    """Run ``r``'s recipe, freshly initialised network and optimizer, as the harvester draws them."""
+    recipe = run_recipe(cfg.preset, np.random.default_rng([cfg.seed, 0xA1, r]))
+    net = task.build(run_seed(cfg.seed, r))
+    group = {"params": list(net.parameters()), "lr": recipe.lr, "weight_decay": recipe.weight_decay}
+    return recipe, net, make_optimizer(recipe.optimizer, [group])
+
+
 def standard(task, cfg: HarvestConfig, runs: int) -> tuple[float, int]:
     """Seconds and checkpoints for ``runs`` runs of the usual DataLoader loop, one after another."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -62,12 +70,7 @@ def standard(task, cfg: HarvestConfig, runs: int) -> tuple[float, int]:
 
     start, n_ckpts = time.perf_counter(), 0
     for r in range(runs):
-        recipe = run_recipe(cfg.preset, np.random.default_rng([cfg.seed, 0xA1, r]))
-        net = task.build(run_seed(cfg.seed, r))
-        opt = make_optimizer(
-            recipe.optimizer,
-            [{"params": list(net.parameters()), "lr": recipe.lr, "weight_decay": recipe.weight_decay}],
-        )
+        recipe, net, opt = new_run(task, cfg, r)
         loader = DataLoader(
             train,
             batch_size=shape.batch_size,
@@ -104,12 +107,7 @@ def tuned(task, cfg: HarvestConfig, runs: int) -> tuple[float, int]:
     ckpt = set(checkpoint_steps(total, cfg.ckpts_per_run).tolist())
     start, n_ckpts = time.perf_counter(), 0
     for r in range(runs):
-        recipe = run_recipe(cfg.preset, np.random.default_rng([cfg.seed, 0xA1, r]))
-        net = task.build(run_seed(cfg.seed, r))
-        opt = make_optimizer(
-            recipe.optimizer,
-            [{"params": list(net.parameters()), "lr": recipe.lr, "weight_decay": recipe.weight_decay}],
-        )
+        recipe, net, opt = new_run(task, cfg, r)
         gen = torch.Generator().manual_seed(r)
         task.evaluate(task.flatten(net)[None])
         n_ckpts += 1

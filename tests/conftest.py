@@ -40,3 +40,11 @@ def mnist_dir(tmp_path: Path) -> Path:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+def accelerate_launch(*flags: str) -> list[str]:
+    """``accelerate launch`` with every default it would otherwise warn about set explicitly."""
+    import shutil
+
+    exe = shutil.which("accelerate") or str(repo_root() / ".venv" / "bin" / "accelerate")
+    return [exe, "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *flags]

@@ -8,7 +8,7 @@ import pytest
 
 from gpt_params.cli import main
 
-from .conftest import repo_root
+from .conftest import accelerate_launch, repo_root
 
 TINY = ["--task", "digits-mlp", "--runs", "6", "--cohort-size", "3", "--epochs", "2", "--ckpts-per-run", "5"]
 
@@ -148,25 +148,9 @@ def test_console_script_exits_nonzero_with_one_line(tmp_path):
 
 
 def test_accelerate_launch_writes_shards_that_merge(tmp_path):
-    accelerate = shutil.which("accelerate") or str(repo_root() / ".venv" / "bin" / "accelerate")
     out = tmp_path / "acc.h5"
-    cmd = [
-        accelerate,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(repo_root() / "checkpoint_zoo" / "harvest.py"),
-        *TINY,
-        "--out",
-        str(out),
-    ]
+    script = str(repo_root() / "checkpoint_zoo" / "harvest.py")
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", script, *TINY, "--out", str(out))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     shards = sorted(tmp_path.glob("acc.shard*of2.h5"))

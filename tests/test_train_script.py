@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from gpt_params.harvest import HarvestConfig, harvest
 
-from .conftest import repo_root
+from .conftest import accelerate_launch, repo_root
 
 SCRIPT = str(repo_root() / "train" / "diffuse.py")
 TINY = [
@@ -70,20 +70,7 @@ def test_two_steps_export_a_loadable_model(zoo, tmp_path):
 
 
 def test_accelerate_launch_runs_the_same_script(zoo, tmp_path):
-    accelerate = shutil.which("accelerate") or str(repo_root() / ".venv" / "bin" / "accelerate")
-    launcher = [
-        accelerate,
-        "launch",
-        "--num_processes",
-        "1",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--cpu",
-    ]
+    launcher = accelerate_launch("--num_processes", "1", "--cpu")
     run(["--zoo", str(zoo), "--out", str(tmp_path / "acc"), "--max-steps", "2", *TINY], launcher=launcher)
     assert (tmp_path / "acc" / "model.safetensors").is_file()
 
