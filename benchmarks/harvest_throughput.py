@@ -38,6 +38,16 @@ def new_run(task, cfg: HarvestConfig, r: int):
     return recipe, net, make_optimizer(recipe.optimizer, [group])
 
 
+def train_step(net, opt, recipe, xb: torch.Tensor, yb: torch.Tensor, step: int, total: int) -> None:
+    """One plain minibatch update with the recipe's scheduled learning rate."""
+    loss = F.cross_entropy(net(xb), yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for g in opt.param_groups:
+        g["lr"] = recipe.lr * lr_factor(recipe.schedule, step, total)
+    opt.step()
+
+
 def standard(task, cfg: HarvestConfig, runs: int) -> tuple[float, int]:
     """Seconds and checkpoints for ``runs`` runs of the usual DataLoader loop, one after another."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -83,12 +93,7 @@ def standard(task, cfg: HarvestConfig, runs: int) -> tuple[float, int]:
         step = 0
         for _ in range(epochs):
             for xb, yb in loader:
-                loss = F.cross_entropy(net(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for g in opt.param_groups:
-                    g["lr"] = recipe.lr * lr_factor(recipe.schedule, step, total)
-                opt.step()
+                train_step(net, opt, recipe, xb, yb, step, total)
                 step += 1
                 if step in ckpt:
                     evaluate(net)
@@ -116,12 +121,7 @@ def tuned(task, cfg: HarvestConfig, runs: int) -> tuple[float, int]:
             order = torch.randperm(len(y), generator=gen)
             for b in range(per_epoch):
                 idx = order[b * batch : (b + 1) * batch]
-                loss = F.cross_entropy(net(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for g in opt.param_groups:
-                    g["lr"] = recipe.lr * lr_factor(recipe.schedule, step, total)
-                opt.step()
+                train_step(net, opt, recipe, x[idx], y[idx], step, total)
                 step += 1
                 if step in ckpt:
                     task.evaluate(task.flatten(net)[None])
