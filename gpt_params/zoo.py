@@ -187,7 +187,8 @@ def _params_shape(sources: Sequence[Path]) -> tuple[int, int]:
     shapes = set()
     for src in sources:
         with h5py.File(src, "r") as f:
-            shapes.add(f["params"].shape[1:])
+            if f["params"].shape[0]:  # an empty shard has no checkpoint shape to agree on
+                shapes.add(f["params"].shape[1:])
     if len(shapes) > 1:
         raise ZooError(f"zoo parts disagree on (checkpoints, parameters): {sorted(shapes)}")
     return shapes.pop() if shapes else (0, 0)
@@ -200,12 +201,14 @@ def _gather_small(sources: Sequence[Path]) -> tuple[dict, dict, dict, list]:
     diverged: list = []
     for src in sources:
         with h5py.File(src, "r") as f:
+            diverged.extend(f["diverged"]["record"][()])
+            if f["runs/run_id"].shape[0] == 0:  # an empty shard or index adds no runs
+                continue
             for key in per_run:
                 per_run[key].append(f["runs"][key][()])
             per_ckpt["step"].append(f["step"][()])
             for name in f["metrics"]:
                 metrics.setdefault(name, []).append(f["metrics"][name][()])
-            diverged.extend(f["diverged"]["record"][()])
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in per_run.items()}
     ids = cat["run_id"]
     values, counts = np.unique(ids, return_counts=True)

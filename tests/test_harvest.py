@@ -155,6 +155,16 @@ def test_harvest_never_overwrites_a_merged_zoo(tmp_path):
     assert single.read_bytes() == before
 
 
+def test_a_shard_with_no_cohorts_is_an_empty_zoo_that_merges(tmp_path):
+    shards = [
+        tiny(tmp_path, f"s{i}.h5", runs=3, cohort_size=3, shard_index=i, num_shards=2) for i in range(2)
+    ]
+    for s in shards:
+        harvest(s)
+    assert Zoo(shards[1].out).n_runs == 0
+    assert merge([s.out for s in shards], tmp_path / "m.h5") == 3
+
+
 def test_merge_refuses_duplicates_and_mismatches(tmp_path):
     a = tiny(tmp_path, "a.h5")
     harvest(a)
