@@ -86,7 +86,7 @@ class PairStream(IterableDataset):
             owner[slots] = runs
         return owner
 
-    def batch(self, step: int, zoo: Zoo, params: np.ndarray, metric: np.ndarray) -> dict[str, torch.Tensor]:
+    def batch(self, step: int, params: np.ndarray, metric: np.ndarray) -> dict[str, torch.Tensor]:
         """Draw the pairs of ``step`` from the buffer ``params`` (slots, K, D) / ``metric`` (slots, K)."""
         g = _rng(self.seed, 3, step)
         b, k = self.batch_size, params.shape[1]
@@ -126,5 +126,5 @@ class PairStream(IterableDataset):
                     params[s] = zoo.params(int(r))
                 metric[slots] = metric_all[runs]
             if (step - self.start_step) % n_workers == worker:
-                yield self.batch(step, zoo, params, metric)
+                yield self.batch(step, params, metric)
             step += 1

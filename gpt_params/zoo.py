@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,30 +49,26 @@ class Cohort:
 # -- writing -------------------------------------------------------------------------------------
 
 
-def _atomic_h5(path: Path):
-    """Context manager: an h5py file written under a temporary name, fsynced and renamed into place."""
-
-    class _Atomic:
-        def __enter__(self) -> h5py.File:
-            self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            self.f = h5py.File(self.tmp, "w")
-            return self.f
-
-        def __exit__(self, exc_type, exc, tb) -> None:
-            self.f.close()
-            if exc_type is not None:
-                self.tmp.unlink(missing_ok=True)
-                return
-            with open(self.tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(self.tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-
-    return _Atomic()
+@contextmanager
+def _atomic_h5(path: Path) -> Iterator[h5py.File]:
+    """An h5py file written under a temporary name, fsynced and renamed into place (or removed on error)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    f = h5py.File(tmp, "w")
+    try:
+        yield f
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    f.close()
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _write_attrs(f: h5py.File, attrs: dict) -> None:
@@ -158,7 +155,7 @@ class ZooWriter:
         write_index(self.path, self._part_files(), self.attrs, rel_to=self.path.parent)
 
 
-def write_index(path: Path, sources: Sequence[Path], attrs: dict, rel_to: Path | None = None) -> None:
+def write_index(path: Path, sources: Sequence[Path], attrs: dict, rel_to: Path | None = None) -> int:
     """Atomically (re)write a zoo file whose ``params`` is a virtual dataset over ``sources``' params.
 
     Every other array is copied in, so the index alone answers metric queries. Source paths are
@@ -181,6 +178,7 @@ def write_index(path: Path, sources: Sequence[Path], attrs: dict, rel_to: Path |
         _write_attrs(f, attrs)
         f.create_virtual_dataset("params", layout, fillvalue=np.nan)
         _write_small(f, per_run, per_ckpt, metrics, diverged)
+    return n_runs
 
 
 def _params_shape(sources: Sequence[Path]) -> tuple[int, int]:
@@ -310,23 +308,18 @@ def merge(inputs: Sequence[str | Path], out: str | Path, virtual: bool = False) 
     attrs["harvest_config"] = json.dumps(cfg, sort_keys=True)
     attrs["package_version"] = __version__
     if virtual:
-        write_index(out, paths, attrs, rel_to=out.parent)
-    else:
-        per_run, per_ckpt, metrics, diverged = _gather_small(paths)
-        k, d = _params_shape(paths)
-        with _atomic_h5(out) as f:
-            _write_attrs(f, attrs)
-            dset = f.create_dataset("params", shape=(len(per_run["run_id"]), k, d), dtype=np.float32)
-            row = 0
-            for p in paths:
-                with h5py.File(p, "r") as src:
-                    for r in range(src["params"].shape[0]):
-                        dset[row] = src["params"][r]
-                        row += 1
-            _write_small(f, per_run, per_ckpt, metrics, diverged)
-    return len(read_runs(out))
-
-
-def read_runs(path: str | Path) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        return f["runs"]["run_id"][()]
+        return write_index(out, paths, attrs, rel_to=out.parent)
+    per_run, per_ckpt, metrics, diverged = _gather_small(paths)
+    k, d = _params_shape(paths)
+    n_runs = len(per_run["run_id"])
+    with _atomic_h5(out) as f:
+        _write_attrs(f, attrs)
+        dset = f.create_dataset("params", shape=(n_runs, k, d), dtype=np.float32)
+        row = 0
+        for p in paths:
+            with h5py.File(p, "r") as src:
+                for r in range(src["params"].shape[0]):
+                    dset[row] = src["params"][r]
+                    row += 1
+        _write_small(f, per_run, per_ckpt, metrics, diverged)
+    return n_runs
