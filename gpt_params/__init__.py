@@ -9,4 +9,14 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 from gpt_params.errors import GptParamsError  # noqa: E402
 
-__all__ = ["GptParamsError", "__version__"]
+
+def __getattr__(name: str):
+    # imported on first use, so `gpt-params --help` does not pay for torch and diffusers
+    if name == "LearnedOptimizer":
+        from gpt_params.optimizer import LearnedOptimizer
+
+        return LearnedOptimizer
+    raise AttributeError(f"module 'gpt_params' has no attribute {name!r}")
+
+
+__all__ = ["GptParamsError", "LearnedOptimizer", "__version__"]

@@ -181,6 +181,86 @@ def cmd_zoo_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_optimize_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "optimize",
+        help="update a network in one G.pt step toward a prompted metric",
+        description="Take a network (a fresh random init of --task by default, or --init FILE), apply one "
+        "G.pt step (or --steps R recursive ones) prompted for --target, report the metric before and after.",
+    )
+    p.add_argument("--model", required=True, help="shipped model name or export directory")
+    p.add_argument("--task", help="task of the network; must be the model's task (default: the model's)")
+    p.add_argument(
+        "--target", type=float, help="prompted metric in the model's own metric (default: its best prompt)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init and of the sampler")
+    p.add_argument("--init", help="safetensors state dict to start from instead of a random init")
+    p.add_argument("--steps", type=int, default=1, help="recursive G.pt steps")
+    p.add_argument("--sampler-steps", type=int, default=10, help="diffusion sampler steps per update")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--samples", type=int, default=1, help="best-of-k candidates kept on the validation split")
+    p.add_argument("--out", help="write the updated network's state dict here (safetensors)")
+    p.add_argument("--device", help="torch device for the model (default: cpu)")
+    p.set_defaults(func=cmd_optimize)
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from gpt_params.optimizer import LearnedOptimizer
+
+    opt = LearnedOptimizer.from_pretrained(args.model, device=args.device)
+    if args.task is not None and args.task != opt.task.name:
+        raise GptParamsError(
+            f"--task {args.task!r} does not match model {args.model!r}, trained for {opt.task.name!r}"
+        )
+    if args.out is not None and not args.out.endswith(".safetensors"):
+        raise GptParamsError(f"--out {args.out!r} must end in .safetensors")
+    if args.init is not None:
+        if not Path(args.init).is_file():
+            raise GptParamsError(f"--init {args.init!r} does not exist; expected a safetensors state dict")
+        try:
+            state = load_file(args.init)
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise GptParamsError(f"--init {args.init!r} is not a readable safetensors file ({e})") from None
+        net = opt.task.layout.load_into(opt.task.build(args.seed), opt.task.layout.flatten(state))
+    else:
+        net = opt.task.build(args.seed)
+    target = opt.best_prompt if args.target is None else args.target
+    before = float(opt.measure(net)[0])
+    t0 = time.perf_counter()
+    new = opt.optimize(
+        net,
+        target,
+        steps=args.steps,
+        num_inference_steps=args.sampler_steps,
+        guidance_scale=args.guidance,
+        num_samples=args.samples,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    seconds = time.perf_counter() - t0
+    after = float(opt.measure(new)[0])
+    name = opt.metric_name
+    line = f"{opt.task.name}: {name} {before:.4g} -> {after:.4g} (prompt {target:.4g}) in {seconds:.2f} s"
+    if opt.task.kind == "supervised":
+        test = opt.task.evaluate(
+            torch.stack([opt.task.flatten(net), opt.task.flatten(new)]), splits=("test",)
+        )
+        line += f"; test loss {test['test_loss'][0]:.4g} -> {test['test_loss'][1]:.4g}, "
+        line += f"test error {test['test_error'][0]:.2%} -> {test['test_error'][1]:.2%}"
+    print(line)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.out).with_suffix(".tmp")
+        save_file({k: v.detach().contiguous() for k, v in new.state_dict().items()}, str(tmp))
+        tmp.replace(args.out)
+        print(f"updated network written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gpt_params import __version__
 
@@ -188,9 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gpt-params", description="Checkpoint zoos and learned one-step optimizers (G.pt)."
     )
     parser.add_argument("--version", action="version", version=f"gpt-params {__version__}")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{harvest,zoo}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{harvest,zoo,optimize}")
     add_harvest_parser(sub)
     add_zoo_parser(sub)
+    add_optimize_parser(sub)
     return parser
 
 

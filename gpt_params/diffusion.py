@@ -92,7 +92,8 @@ def sample(
     sched.set_timesteps(num_inference_steps)
     b = theta_start.shape[0]
     device = theta_start.device
-    x = torch.randn(theta_start.shape, generator=generator, device="cpu").to(device)
+    # noise drawn network by network: a network's sample does not depend on the batch size after it
+    x = torch.stack([torch.randn(theta_start.shape[1:], generator=generator) for _ in range(b)]).to(device)
     on = torch.ones(b, dtype=torch.bool, device=device)
     for t in sched.timesteps:
         tt = torch.full((b,), int(t), device=device)

@@ -41,10 +41,21 @@ def one_step(
     return exp.normalizer.denormalize(out).cpu()
 
 
+def achieved_metric(metric: str, kind: str) -> str:
+    """What outputs of a model conditioned on ``metric`` are scored by: the test split's version of it for
+    supervised tasks (``val_loss`` -> ``test_loss``), the metric itself (a return) for RL tasks."""
+    if kind != "supervised":
+        return metric
+    return "test_" + metric.split("_", 1)[1]
+
+
 def r_squared(prompted: np.ndarray, achieved: np.ndarray) -> float:
-    """Coefficient of determination of ``achieved`` by ``prompted`` (the identity as the predictor)."""
+    """G.pt's prompt alignment score: 1 - sum((achieved - prompted)^2) / sum((prompted - mean)^2).
+
+    The prompts are the targets and the achieved metrics the predictions, so the denominator is the
+    spread of the prompts: 1 is perfect, 0 is as good as always reaching the mean prompt."""
     ss_res = float(((achieved - prompted) ** 2).sum())
-    ss_tot = float(((achieved - achieved.mean()) ** 2).sum())
+    ss_tot = float(((prompted - prompted.mean()) ** 2).sum())
     return 1.0 - ss_res / max(ss_tot, 1e-12)
 
 

@@ -86,7 +86,8 @@ def load_export(path: str | Path, device: str | torch.device | None = None) -> E
         raise GptParamsError(
             f"{str(path)!r} was trained for layout {layout.describe()}, task has {task.layout.describe()}"
         )
-    model = ParamDiffusionTransformer(layout, task.symmetries, ModelConfig(**meta["model"]))
+    diffusion = DiffusionConfig(**meta["diffusion"])
+    model = ParamDiffusionTransformer(layout, task.symmetries, ModelConfig(**meta["model"]), diffusion)
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -100,6 +101,4 @@ def load_export(path: str | Path, device: str | torch.device | None = None) -> E
         else None
     )
     meta_only = {k: v for k, v in meta.items() if k not in ("model", "diffusion", "export_version")}
-    return Exported(
-        model, ParamNormalizer.from_state(tensors), clamp, DiffusionConfig(**meta["diffusion"]), meta_only
-    )
+    return Exported(model, ParamNormalizer.from_state(tensors), clamp, diffusion, meta_only)

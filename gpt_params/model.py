@@ -3,8 +3,11 @@
 Inputs per network: the noisy future parameters ``theta_noisy`` (B, D), the starting parameters
 ``theta_start`` (B, D), the starting metric and the prompted metric (B,), the diffusion timestep
 (B,). Output: a prediction of the future parameters themselves (x0-prediction),
-``theta_start + change``, where the change comes from zero-initialised decoders so an untrained
-model returns ``theta_start`` unchanged.
+``theta_start + skip + change``. ``change`` is decoded from the tokens; ``skip`` is a learned,
+noise-level dependent multiple (one per tensor) of the noisy change ``theta_noisy - sqrt(abar_t) *
+theta_start``, so low-noise inputs need not squeeze every coordinate through the tokens (without it
+a few hundred token dimensions cannot even copy ``theta_noisy`` back at t = 0). Both start at zero,
+so an untrained model returns ``theta_start`` unchanged.
 
 The backbone is DiT's: pre-LN transformer blocks from timm's ``Attention`` (fused
 scaled-dot-product attention) and ``Mlp``, modulated by the conditioning vector through adaLN-Zero.
@@ -20,6 +23,7 @@ import torch
 from timm.layers import Attention, Mlp
 from torch import nn
 
+from gpt_params.diffusion import DiffusionConfig, train_scheduler
 from gpt_params.layout import ParamLayout, PermGroup
 from gpt_params.tokenizers import ChunkTokenizer, NeuronTokenizer
 
@@ -36,6 +40,7 @@ class ModelConfig:
     chunk: int = 256  # values per chunk token
     edge_width: int = 64  # neuron tokenizer: width of the per-weight pair head between hidden layers
     fourier_features: int = 64  # sin/cos pairs per scalar input
+    metric_max_freq: float = 10.0  # highest Fourier frequency of the (normalised) metric inputs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,9 +101,19 @@ class Block(nn.Module):
 class ParamDiffusionTransformer(nn.Module):
     """x0-predicting denoiser over flat parameter vectors of one task layout."""
 
-    def __init__(self, layout: ParamLayout, groups: tuple[PermGroup, ...], config: ModelConfig) -> None:
+    def __init__(
+        self,
+        layout: ParamLayout,
+        groups: tuple[PermGroup, ...],
+        config: ModelConfig,
+        diffusion: DiffusionConfig | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
+        abar = train_scheduler(diffusion or DiffusionConfig()).alphas_cumprod.float()
+        self.register_buffer("sqrt_abar", abar.sqrt(), persistent=False)  # (num_train_timesteps,)
+        tensor_id = torch.cat([torch.full((n,), i) for i, n in enumerate(layout.sizes)])
+        self.register_buffer("tensor_id", tensor_id, persistent=False)  # (D,) tensor of each coordinate
         e = config.width
         if config.tokenizer == "neuron":
             self.tokenizer = NeuronTokenizer(layout, groups, e, config.chunk, config.edge_width)
@@ -107,8 +122,10 @@ class ParamDiffusionTransformer(nn.Module):
         else:
             raise ValueError(f"unknown tokenizer {config.tokenizer!r}; expected 'neuron' or 'chunk'")
         self.t_embed = FourierEmbedding(e, config.fourier_features)
-        self.start_embed = FourierEmbedding(e, config.fourier_features, max_freq=100.0)
-        self.prompt_embed = FourierEmbedding(e, config.fourier_features, max_freq=100.0)
+        # metrics vary over a few units (log-loss, error, return / max): low frequencies keep the
+        # prompt embedding smooth, so prompts between those seen in training interpolate
+        self.start_embed = FourierEmbedding(e, config.fourier_features, max_freq=config.metric_max_freq)
+        self.prompt_embed = FourierEmbedding(e, config.fourier_features, max_freq=config.metric_max_freq)
         self.null_prompt = nn.Parameter(
             torch.zeros(e)
         )  # used where the prompt is dropped (classifier-free guidance)
@@ -117,6 +134,9 @@ class ParamDiffusionTransformer(nn.Module):
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(e, 2 * e))
         nn.init.zeros_(self.final_ada[1].weight)
         nn.init.zeros_(self.final_ada[1].bias)
+        self.skip = nn.Linear(e, len(layout.sizes))  # per-tensor skip coefficient from (t, metrics)
+        nn.init.zeros_(self.skip.weight)
+        nn.init.zeros_(self.skip.bias)
 
     def forward(
         self,
@@ -141,7 +161,9 @@ class ParamDiffusionTransformer(nn.Module):
             x = block(x, c)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
         x = _modulate(self.norm(x), shift, scale)  # (B, T, E)
-        return theta_start + self.tokenizer.decode(x, theta_start, theta_noisy)
+        noisy_change = theta_noisy - self.sqrt_abar[t.long()][:, None] * theta_start  # (B, D)
+        skip = self.skip(c)[:, self.tensor_id] * noisy_change  # (B, D)
+        return theta_start + skip + self.tokenizer.decode(x, theta_start, theta_noisy)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -92,7 +92,7 @@ class ChunkTokenizer(nn.Module):
     def decode_into(self, h: torch.Tensor, out: torch.Tensor) -> None:
         delta = self.head(h)  # (B, T, M)
         valid = self.index >= 0
-        out[:, self.index[valid]] = delta[:, valid]
+        out[:, self.index[valid]] = delta[:, valid].to(out.dtype)
 
 
 class NeuronTokenizer(nn.Module):
@@ -195,12 +195,12 @@ class NeuronTokenizer(nn.Module):
         for g, head in enumerate(self.head):
             idx = self._unit_index(g)
             if idx.shape[1]:
-                out[:, idx] = head(hs[g])  # (B, n_g, F_g)
+                out[:, idx] = head(hs[g]).to(out.dtype)  # (B, n_g, F_g)
         for e, (ga, gb) in enumerate(self.edges):
             a = self.edge_a[e](hs[ga])[:, :, None]  # (B, n_a, 1, W)
             b = self.edge_b[e](hs[gb])[:, None]  # (B, 1, n_b, W)
             x = self.edge_x[e](self._edge_inputs(e, theta_start, theta_noisy))  # (B, n_a, n_b, W)
-            out[:, self._edge_index(e)] = self.edge_out[e](torch.nn.functional.gelu(a + b + x))
+            out[:, self._edge_index(e)] = self.edge_out[e](torch.nn.functional.gelu(a + b + x)).to(out.dtype)
         if self.rest is not None:
             self.rest.decode_into(h[:, offsets[-1] :], out)
         return out

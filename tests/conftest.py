@@ -48,3 +48,31 @@ def accelerate_launch(*flags: str) -> list[str]:
 
     exe = shutil.which("accelerate") or str(repo_root() / ".venv" / "bin" / "accelerate")
     return [exe, "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *flags]
+
+
+def tiny_export(out, task_name, metric, metric_range, best, std=0.02):
+    """A tiny-preset model export whose zero-initialised decoders got random weights, so it changes its input."""
+    from gpt_params.diffusion import DiffusionConfig
+    from gpt_params.export import save_export
+    from gpt_params.model import PRESETS, ParamDiffusionTransformer
+    from gpt_params.normalize import ParamNormalizer
+    from gpt_params.tasks import get_task
+
+    task = get_task(task_name)
+    torch.manual_seed(0)
+    model = ParamDiffusionTransformer(task.layout, task.symmetries, PRESETS["tiny"])
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(std=std)
+    theta = torch.stack([task.flatten(task.build(s)) for s in range(8)])
+    norm = ParamNormalizer(theta.mean(0), theta.std(0).clamp(min=1e-3))
+    meta = {
+        "task": task_name,
+        "layout": task.layout.to_json(),
+        "metric": metric,
+        "best_prompt": best,
+        "metric_range": metric_range,
+    }
+    save_export(out, model, norm, None, DiffusionConfig(), meta)
+    return out

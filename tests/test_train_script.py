@@ -93,3 +93,32 @@ def test_bad_zoo_is_a_one_line_error(tmp_path):
         [sys.executable, SCRIPT, "--zoo", str(tmp_path / "none.h5")], capture_output=True, text=True
     )
     assert res.returncode != 0 and "none.h5" in res.stderr and res.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_trains_on_cuda_and_samples_there(zoo, tmp_path, precision):
+    import torch
+
+    from gpt_params.optimizer import LearnedOptimizer
+
+    out = tmp_path / "run"
+    res = run(
+        ["--zoo", str(zoo), "--out", str(out), "--max-steps", "3", "--mixed-precision", precision, *TINY]
+    )
+    assert "cuda" in run_device_probe(), res.stdout
+    opt = LearnedOptimizer.from_pretrained(out, device="cuda")
+    assert opt.device.type == "cuda"
+    theta = torch.stack([opt.task.flatten(opt.task.build(s)) for s in range(2)])
+    new = opt.step(theta, opt.best_prompt, current_loss=2.3, generator=torch.Generator().manual_seed(0))
+    assert new.device == theta.device and torch.isfinite(new).all()
+
+
+def run_device_probe() -> str:
+    res = subprocess.run(
+        [sys.executable, "-c", "from accelerate import Accelerator; print(Accelerator().device)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return res.stdout

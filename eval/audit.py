@@ -1,0 +1,144 @@
+"""Novelty audit: are one-step outputs real updates of their input, or memorised training checkpoints?
+
+    python eval/audit.py --model runs/mnist-mlp-loss --zoo data/mnist-mlp-gpt5k.h5 --nets 32
+
+For ``--nets`` test-split initialisations: one G.pt step prompted for the best metric. Each output is
+compared, after aligning hidden units (Hungarian matching), with a bank of ``--bank`` training
+checkpoints (train-split runs, past their init). Three references put the distances in scale:
+the same init trained for real by the zoo's recipe (a genuinely new network: how near does *it* come
+to the bank?), pairs of independent training runs, and a retrieval baseline, the bank checkpoint
+whose validation metric is nearest the prompt, scored like the outputs. Writes JSON and a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpt_params.align import aligned_distances, nearest
+from gpt_params.evaluate import achieved_metric
+from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.zoo_reader import Zoo
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="export directory or shipped model name")
+    p.add_argument("--zoo", required=True, help="the zoo the model was trained on")
+    p.add_argument("--nets", type=int, default=32)
+    p.add_argument("--bank", type=int, default=2000, help="training checkpoints searched for the nearest")
+    p.add_argument("--prompt", type=float, default=None, help="prompted metric (default: the best prompt)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON report (default: <model>/audit.json)")
+    a = p.parse_args()
+
+    opt = LearnedOptimizer.from_pretrained(a.model)
+    task, layout, groups = opt.task, opt.task.layout, opt.task.symmetries
+    zoo = Zoo(a.zoo)
+    rng = np.random.default_rng(a.seed)
+    test_rows = zoo.runs("test")[: a.nets]
+    runs = [zoo.params(int(r)) for r in test_rows]  # each (K, D)
+    theta0 = torch.stack([torch.from_numpy(r[0]) for r in runs])  # (N, D)
+    real = torch.stack([torch.from_numpy(r[-1]) for r in runs])  # the same inits, trained by the recipe
+    prompt = opt.best_prompt if a.prompt is None else a.prompt
+    out = opt.step(theta0, prompt, generator=torch.Generator().manual_seed(a.seed))
+
+    train_rows = zoo.runs("train")
+    pick_runs = rng.choice(train_rows, size=min(a.bank, len(train_rows)), replace=False)
+    pick_ckpt = rng.integers(1, zoo.n_ckpts, size=len(pick_runs))
+    bank = torch.stack(
+        [torch.from_numpy(zoo.checkpoint(int(r), int(k))) for r, k in zip(pick_runs, pick_ckpt, strict=True)]
+    )
+    metric = opt.metric_name
+    bank_metric = np.array(
+        [zoo.metrics[metric][int(r), int(k)] for r, k in zip(pick_runs, pick_ckpt, strict=True)]
+    )
+
+    d_out, _ = nearest(out, bank, layout, groups)
+    d_real, _ = nearest(real, bank, layout, groups)
+    d_input = (out - theta0).norm(dim=1).numpy()
+    d_real_input = (real - theta0).norm(dim=1).numpy()
+    d_out_real = np.array(
+        [aligned_distances(r, o[None], layout, groups)[0] for r, o in zip(real, out, strict=True)]
+    )
+    finals = torch.stack(
+        [torch.from_numpy(zoo.checkpoint(int(r), zoo.n_ckpts - 1)) for r in pick_runs[: 2 * a.nets]]
+    )
+    d_indep = np.array(
+        [
+            aligned_distances(finals[2 * i], finals[2 * i + 1][None], layout, groups)[0]
+            for i in range(len(finals) // 2)
+        ]
+    )
+    # retrieval: the bank checkpoints whose validation metric is nearest the prompt, one per net
+    near_metric = np.argsort(np.abs(bank_metric - prompt))[: a.nets]
+    retrieved = bank[near_metric]
+    d_retr_input = np.array(
+        [aligned_distances(t, r[None], layout, groups)[0] for t, r in zip(theta0, retrieved, strict=True)]
+    )
+    scored = achieved_metric(metric, task.kind)
+
+    def med(x) -> float:
+        return float(np.median(x))
+
+    report = {
+        "model": str(a.model),
+        "zoo": a.zoo,
+        "nets": len(test_rows),
+        "bank": len(bank),
+        "prompt": prompt,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "scored_by": scored,
+        "output": {
+            scored: med(task.evaluate(out)[scored]),
+            "dist_to_input": med(d_input),
+            "dist_to_nearest_train_ckpt": med(d_out),
+            "dist_to_real_training_of_same_init": med(d_out_real),
+        },
+        "real_training_of_same_init": {
+            scored: med(task.evaluate(real)[scored]),
+            "dist_to_input": med(d_real_input),
+            "dist_to_nearest_train_ckpt": med(d_real),
+        },
+        "independent_runs_dist": med(d_indep),
+        "retrieval": {scored: med(task.evaluate(retrieved)[scored]), "dist_to_input": med(d_retr_input)},
+        "per_net": {
+            "output_nearest": d_out.tolist(),
+            "real_nearest": d_real.tolist(),
+            "output_input": d_input.tolist(),
+        },
+    }
+    path = Path(a.out or Path(a.model) / "audit.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    figure(d_out, d_real, d_indep, d_input).savefig(path.with_suffix(".png"), dpi=120)
+    print(json.dumps({k: v for k, v in report.items() if k != "per_net"}, indent=1))
+    print(f"report: {path}\nplot: {path.with_suffix('.png')}")
+
+
+def figure(d_out, d_real, d_indep, d_input):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, max(map(np.max, (d_out, d_real, d_indep, d_input))) * 1.05, 40)
+    ax.hist(d_out, bins, alpha=0.6, label="G.pt output -> nearest training ckpt")
+    ax.hist(d_real, bins, alpha=0.6, label="real training of same init -> nearest training ckpt")
+    ax.hist(d_input, bins, alpha=0.4, label="G.pt output -> its input")
+    ax.hist(d_indep, bins, alpha=0.4, label="independent runs (aligned)")
+    ax.set_xlabel("L2 distance after aligning hidden units")
+    ax.set_ylabel("networks")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+if __name__ == "__main__":
+    main()

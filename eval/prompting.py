@@ -1,0 +1,149 @@
+"""G.pt's prompting evaluation of an exported model on test-split runs it never saw.
+
+    python eval/prompting.py --model runs/mnist-mlp-loss --zoo data/mnist-mlp-gpt5k.h5
+    python eval/prompting.py --model runs/mnist-mlp-loss --zoo data/mnist-mlp-gpt5k.h5 \\
+        --samplers ddim:5 ddim:10 ddim:20 ddim:50 ddpm:1000 --guidance 1 2 3 --recursive 3
+
+For each of ``--nets`` random initialisations of test-split runs and each sampler and guidance scale:
+G.pt's prompt alignment (``--prompts`` prompts evenly between the model's best prompt and the net's
+starting metric; R^2 of achieved vs prompted per net, averaged), and one step (then ``--recursive``
+steps, each fed its own output and measured metric) prompted for the best metric. Supervised
+results are measured on the test images although the model was conditioned on validation loss.
+Writes a JSON report and a desired-vs-observed plot (PNG) next to the model unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpt_params.evaluate import achieved_metric, one_step, prompt_alignment
+from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.zoo_reader import Zoo
+
+
+def parse_sampler(spec: str) -> tuple[str, int]:
+    name, _, steps = spec.partition(":")
+    if name not in ("ddim", "ddpm") or not steps.isdigit() or int(steps) < 1:
+        raise SystemExit(f"prompting.py: error: --samplers {spec!r}; expected ddim:N or ddpm:N, e.g. ddim:10")
+    return name, int(steps)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="export directory or shipped model name")
+    p.add_argument("--zoo", required=True, help="zoo whose test-split runs give the unseen inits")
+    p.add_argument("--nets", type=int, default=32, help="unseen networks (G.pt: at least 32)")
+    p.add_argument("--prompts", type=int, default=20, help="prompts per network")
+    p.add_argument("--samplers", nargs="+", default=["ddim:10"], help="sampler:steps, e.g. ddim:10 ddpm:1000")
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
+    p.add_argument("--recursive", type=int, default=1, help="recursive steps of the best-prompt update")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="torch device for the model (default: cpu)")
+    p.add_argument("--out", default=None, help="JSON report (default: <model>/prompting.json)")
+    p.add_argument("--plot", default=None, help="PNG plot (default: next to the report)")
+    a = p.parse_args()
+    samplers = [parse_sampler(s) for s in a.samplers]
+
+    opt = LearnedOptimizer.from_pretrained(a.model, device=a.device)
+    exp, task = opt.exported, opt.task
+    zoo = Zoo(a.zoo)
+    if zoo.task != task.name:
+        raise SystemExit(
+            f"prompting.py: error: zoo {a.zoo!r} is a {zoo.task!r} zoo; the model is for {task.name!r}"
+        )
+    rows = zoo.runs("test")[: a.nets]
+    theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D) unseen inits
+    achieved = achieved_metric(exp.meta["metric"], task.kind)
+    start = torch.as_tensor(task.evaluate(theta0)[exp.meta["metric"]], dtype=torch.float32)  # (N,)
+    report = {
+        "model": str(a.model),
+        "zoo": a.zoo,
+        "nets": len(rows),
+        "prompts": a.prompts,
+        "metric": exp.meta["metric"],
+        "achieved_metric": achieved,
+        "best_prompt": opt.best_prompt,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": str(opt.device),
+        "start_median": float(start.median()),
+        "results": [],
+    }
+    curves = None
+    for sampler, steps in samplers:
+        for g in a.guidance:
+            kw = {"num_inference_steps": steps, "guidance_scale": g, "sampler": sampler}
+            t0 = time.perf_counter()
+            align = prompt_alignment(
+                exp, task, theta0, n_prompts=a.prompts, achieved_metric=achieved,
+                generator=torch.Generator().manual_seed(a.seed), **kw,
+            )  # fmt: skip
+            t_align = time.perf_counter() - t0
+            if curves is None:
+                curves = (align, f"{sampler}:{steps}, guidance {g}")
+            row = {
+                "sampler": sampler,
+                "steps": steps,
+                "guidance": g,
+                "r2": align["r2"],
+                "alignment_seconds": t_align,
+            }
+            theta, current = theta0, start
+            gen = torch.Generator().manual_seed(a.seed + 1)
+            for r in range(1, a.recursive + 1):
+                t0 = time.perf_counter()
+                theta = one_step(
+                    exp, theta, current, torch.full((len(rows),), opt.best_prompt), generator=gen, **kw
+                )
+                seconds = time.perf_counter() - t0
+                m = task.evaluate(theta)
+                current = torch.as_tensor(m[exp.meta["metric"]], dtype=torch.float32)
+                key = "one_step" if r == 1 else f"step_{r}"
+                row[f"{key}_seconds_per_net"] = seconds / len(rows)
+                for k, v in m.items():
+                    row[f"{key}_{k}_median"] = float(np.median(v))
+            report["results"].append(row)
+            print(json.dumps(row))
+    out = Path(a.out or Path(a.model) / "prompting.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    plot = Path(a.plot or out.with_suffix(".png"))
+    fig = desired_vs_observed(curves[0], curves[1], opt.metric)
+    fig.savefig(plot, dpi=120)
+    print(f"report: {out}\nplot: {plot}")
+
+
+def desired_vs_observed(align: dict, title: str, metric: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prompted, achieved = np.asarray(align["prompted"]), np.asarray(align["achieved"])
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for i in range(len(prompted)):
+        ax.plot(prompted[i], achieved[i], color="tab:blue", alpha=0.15, lw=1)
+    order = np.argsort(prompted.mean(0))
+    ax.plot(
+        prompted.mean(0)[order], achieved.mean(0)[order], color="tab:blue", lw=2.5, label="mean over nets"
+    )
+    lo, hi = min(prompted.min(), achieved.min()), max(prompted.max(), achieved.max())
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="perfect alignment")
+    ax.set_xlabel(f"prompted {align['metric']}")
+    ax.set_ylabel(f"achieved {align['achieved_metric']}")
+    ax.set_title(
+        f"one step, {title}\nR$^2$ = {align['r2']:.3f} over {len(prompted)} unseen nets", fontsize=10
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+if __name__ == "__main__":
+    main()

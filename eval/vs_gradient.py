@@ -1,0 +1,168 @@
+"""One G.pt step from random init against Adam and SGD from the same inits.
+
+    python eval/vs_gradient.py --model runs/mnist-mlp-loss --zoo data/mnist-mlp-gpt5k.h5 --nets 32
+
+For ``--nets`` test-split initialisations the model never saw: one G.pt step prompted for the
+model's best metric (``--prompt`` overrides), then Adam and SGD (momentum 0.9) from the same inits,
+batch 128, each learning rate of a small grid. The learning rate kept per optimizer is the one that
+reaches the G.pt step's *validation* loss in the fewest steps (median over nets); the report gives,
+for it, the gradient steps and the wall time (standard one-network PyTorch loop) needed to match the
+G.pt step's *test* loss, and the G.pt step's own wall time. Adam at lr 1e-3 is reported as well.
+Writes a JSON report and a loss-vs-steps plot (PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpt_params.baselines import seconds_per_step, steps_to_reach, train_curves
+from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.zoo_reader import Zoo
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="export directory or shipped model name")
+    p.add_argument("--zoo", required=True, help="zoo whose test-split runs give the unseen inits")
+    p.add_argument("--nets", type=int, default=32)
+    p.add_argument(
+        "--prompt", type=float, default=None, help="prompted metric (default: the model's best prompt)"
+    )
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--sampler-steps", type=int, default=10)
+    p.add_argument("--samples", type=int, default=1, help="best-of-k candidates on the validation split")
+    p.add_argument("--max-steps", type=int, default=3000, help="gradient steps per baseline run")
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--adam-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    p.add_argument("--sgd-lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON report (default: <model>/vs_gradient.json)")
+    a = p.parse_args()
+
+    opt = LearnedOptimizer.from_pretrained(a.model)
+    task = opt.task
+    if task.kind != "supervised" or opt.metric != "loss":
+        raise SystemExit(
+            f"vs_gradient.py: error: needs a loss-conditioned supervised model, got {task.name!r} / {opt.metric_name!r}"
+        )
+    zoo = Zoo(a.zoo)
+    rows = zoo.runs("test")[: a.nets]
+    theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
+    prompt = opt.best_prompt if a.prompt is None else a.prompt
+    gen = torch.Generator().manual_seed(a.seed)
+    opt.step(theta0[:1], prompt, num_inference_steps=a.sampler_steps, generator=gen)  # warm-up
+    t0 = time.perf_counter()
+    new = opt.step(
+        theta0, prompt, num_inference_steps=a.sampler_steps, guidance_scale=a.guidance,
+        num_samples=a.samples, generator=torch.Generator().manual_seed(a.seed),
+    )  # fmt: skip
+    gpt_seconds = (time.perf_counter() - t0) / len(rows)
+    gpt = task.evaluate(new, splits=("val", "test"))
+    start = task.evaluate(theta0, splits=("test",))
+    report = {
+        "model": str(a.model),
+        "zoo": a.zoo,
+        "nets": len(rows),
+        "prompt": prompt,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpt": {
+            "seconds_per_net": gpt_seconds,
+            "seconds_per_net_includes": "measuring the start loss on validation, sampling, best-of-k selection",
+            "samples": a.samples,
+            "start_test_loss_median": float(np.median(start["test_loss"])),
+            **{f"{k}_median": float(np.median(v)) for k, v in gpt.items()},
+        },
+        "baselines": {},
+    }
+    curves = {}
+    for name, lrs in (("adam", a.adam_lrs), ("sgd", a.sgd_lrs)):
+        trials = []
+        for lr in lrs:
+            c = train_curves(task, theta0, name, lr, a.max_steps, a.eval_every, a.batch_size, a.seed)
+            val_steps = np.median(steps_to_reach(c, "val_loss", gpt["val_loss"]))
+            trials.append((val_steps, float(np.median(c.metrics["val_loss"][-1])), lr, c))
+            curves[(name, lr)] = c
+        val_steps, _, lr, c = min(trials, key=lambda t: (t[0], t[1]))
+        report["baselines"][name] = summarise(task, c, gpt["test_loss"], a.batch_size)
+        report["baselines"][name]["lr_grid"] = lrs
+        report["baselines"][name]["val_steps_to_match_median"] = float(val_steps)
+    if (("adam", 1e-3)) not in curves:
+        curves[("adam", 1e-3)] = train_curves(
+            task, theta0, "adam", 1e-3, a.max_steps, a.eval_every, a.batch_size, a.seed
+        )
+    report["baselines"]["adam_lr1e-3"] = summarise(
+        task, curves[("adam", 1e-3)], gpt["test_loss"], a.batch_size
+    )
+    out = Path(a.out or Path(a.model) / "vs_gradient.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    plot = out.with_suffix(".png")
+    figure(report, curves).savefig(plot, dpi=120)
+    print(
+        json.dumps(
+            {
+                "gpt": report["gpt"],
+                **{
+                    k: {kk: v[kk] for kk in ("lr", "test_steps_to_match_median", "seconds_to_match_median")}
+                    for k, v in report["baselines"].items()
+                },
+            },
+            indent=1,
+        )
+    )
+    print(f"report: {out}\nplot: {plot}")
+
+
+def summarise(task, c, target: np.ndarray, batch_size: int) -> dict:
+    steps = steps_to_reach(c, "test_loss", target)
+    sec = seconds_per_step(task, c.optimizer, c.lr, batch_size)
+    med = float(np.median(steps))
+    return {
+        "lr": c.lr,
+        "test_steps_to_match_median": med,
+        "matched_fraction": float(np.isfinite(steps).mean()),
+        "max_steps": int(c.steps[-1]),
+        "seconds_per_step": sec,
+        "seconds_to_match_median": med * sec,
+        "final_test_loss_median": float(np.median(c.metrics["test_loss"][-1])),
+        "final_test_error_median": float(np.median(c.metrics["test_error"][-1])),
+    }
+
+
+def figure(report: dict, curves: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    shown = {(k if k != "adam_lr1e-3" else "adam", v["lr"]) for k, v in report["baselines"].items()}
+    for (name, lr), c in sorted(curves.items()):
+        if (name, lr) in shown:
+            ax.plot(np.maximum(c.steps, 1), np.median(c.metrics["test_loss"], 1), label=f"{name}, lr {lr:g}")
+    g = report["gpt"]
+    ax.axhline(
+        g["test_loss_median"],
+        color="k",
+        ls="--",
+        label=f"one G.pt step ({g['seconds_per_net'] * 1e3:.0f} ms/net)",
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("gradient steps (batch 128)")
+    ax.set_ylabel("median test loss")
+    ax.set_title(f"{report['nets']} unseen inits: one step vs gradient descent", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""``LearnedOptimizer``: one G.pt update of a network, from Python.
+
+    >>> opt = LearnedOptimizer.from_pretrained("mnist-mlp-loss")
+    >>> net = opt.task.build(seed=123)                      # an unseen random init
+    >>> better = opt.step(net, target_loss=opt.best_prompt)  # a new nn.Module; ``net`` is untouched
+
+``params`` may be an ``nn.Module`` of the task's architecture, its ``state_dict``, a flat ``(D,)``
+tensor, a ``(B, D)`` batch, or a list of any of those; the result has the same kind.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gpt_params.errors import GptParamsError, LayoutError
+from gpt_params.evaluate import one_step
+from gpt_params.export import Exported, load_export
+from gpt_params.normalize import metric_kind
+from gpt_params.tasks import get_task
+from gpt_params.tasks.base import Task
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+def pretrained_names() -> tuple[str, ...]:
+    """Names of the models shipped inside the package."""
+    if not PRETRAINED_DIR.is_dir():
+        return ()
+    return tuple(sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file()))
+
+
+@dataclass
+class StepReport:
+    """What the last :meth:`LearnedOptimizer.step` cost and measured."""
+
+    networks: int
+    num_samples: int  # candidates drawn per network (best-of-k when > 1)
+    sample_seconds: float  # diffusion sampling, all candidates
+    select_seconds: float  # evaluating candidates on the validation split (0 when num_samples == 1)
+    measure_seconds: float  # measuring ``current_loss`` when it was not given
+    candidate_metrics: list[list[float]] | None  # (networks, num_samples) validation metric of each candidate
+
+    @property
+    def seconds(self) -> float:
+        return self.sample_seconds + self.select_seconds + self.measure_seconds
+
+
+class LearnedOptimizer:
+    """A pretrained G.pt model that updates networks of one task toward a prompted metric."""
+
+    def __init__(self, exported: Exported, task: Task | None = None) -> None:
+        self.exported = exported
+        self.task = task if task is not None else get_task(exported.meta["task"])
+        self.metric_name: str = exported.meta["metric"]  # e.g. "val_loss" or "return_mean"
+        self.metric: str = metric_kind(self.metric_name)  # "loss", "error" or "return"
+        lo, hi = exported.meta["metric_range"]
+        self.metric_range: tuple[float, float] = (float(lo), float(hi))
+        self.best_prompt: float = float(exported.meta["best_prompt"])
+        self.last_report: StepReport | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, device: str | torch.device | None = None, **task_options
+    ) -> LearnedOptimizer:
+        """Load a shipped model by name (see :func:`pretrained_names`) or an export directory.
+
+        ``task_options`` go to :func:`gpt_params.tasks.get_task` (e.g. ``data_dir`` for full MNIST).
+        """
+        path = Path(name_or_path)
+        if not path.exists():
+            if str(name_or_path) in pretrained_names():
+                path = PRETRAINED_DIR / str(name_or_path)
+            else:
+                shipped = ", ".join(pretrained_names()) or "none installed"
+                raise GptParamsError(
+                    f"unknown model {str(name_or_path)!r}: not a directory and not a shipped model "
+                    f"(shipped: {shipped})"
+                )
+        exported = load_export(path, device=device)
+        task = get_task(exported.meta["task"], **task_options) if task_options else None
+        return cls(exported, task)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.exported.model.parameters()).device
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def step(
+        self,
+        params,
+        target_loss: float | Sequence[float] | torch.Tensor | None = None,
+        *,
+        current_loss: float | Sequence[float] | torch.Tensor | None = None,
+        num_inference_steps: int = 10,
+        guidance_scale: float = 1.0,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        target_error: float | Sequence[float] | torch.Tensor | None = None,
+        target_return: float | Sequence[float] | torch.Tensor | None = None,
+    ):
+        """One G.pt update of ``params`` toward the prompted metric; returns the same kind as ``params``.
+
+        ``target_loss`` is the prompt in the model's own metric (:attr:`metric`); ``target_error`` and
+        ``target_return`` are aliases accepted when the model's metric is an error or a return.
+        ``current_loss`` (the model's metric of ``params``) is measured on the validation split
+        (or by seeded rollouts) when omitted. ``num_samples > 1`` draws that many candidates per network
+        and keeps the one with the best validation metric; :attr:`last_report` holds the costs.
+        """
+        theta, rebuild = self._to_batch(params)  # (B, D)
+        prompt = self._prompt(target_loss, target_error, target_return, len(theta))
+        out = self._step(
+            theta, prompt, current_loss, num_inference_steps, guidance_scale, num_samples, generator
+        )
+        return rebuild(out)
+
+    def optimize(
+        self,
+        params,
+        target_loss: float | Sequence[float] | torch.Tensor | None = None,
+        steps: int = 2,
+        *,
+        num_inference_steps: int = 10,
+        guidance_scale: float = 1.0,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        target_error: float | Sequence[float] | torch.Tensor | None = None,
+        target_return: float | Sequence[float] | torch.Tensor | None = None,
+    ):
+        """Recursive prompting: ``steps`` updates, each fed the previous output and its measured metric."""
+        if not isinstance(steps, int) or steps < 1:
+            raise GptParamsError(f"steps must be a positive integer, got {steps!r}")
+        theta, rebuild = self._to_batch(params)
+        prompt = self._prompt(target_loss, target_error, target_return, len(theta))
+        for _ in range(steps):
+            theta = self._step(
+                theta, prompt, None, num_inference_steps, guidance_scale, num_samples, generator
+            )
+        return rebuild(theta)
+
+    def measure(self, params) -> np.ndarray:
+        """The model's metric (:attr:`metric_name`) of each network in ``params``, shape ``(B,)``."""
+        theta, _ = self._to_batch(params)
+        return self._measure(theta)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _measure(self, theta: torch.Tensor) -> np.ndarray:
+        if self.task.kind == "supervised":
+            split = self.metric_name.split("_")[0]
+            return np.asarray(self.task.evaluate(theta, splits=(split,))[self.metric_name])
+        return np.asarray(self.task.evaluate(theta)[self.metric_name])
+
+    def _better(self, a: np.ndarray) -> np.ndarray:
+        """Index of the best candidate along the last axis."""
+        return a.argmax(-1) if self.metric == "return" else a.argmin(-1)
+
+    def _step(
+        self,
+        theta: torch.Tensor,
+        prompt: torch.Tensor,
+        current_loss,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_samples: int,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise GptParamsError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise GptParamsError(
+                f"num_inference_steps must be a positive integer, got {num_inference_steps!r}"
+            )
+        if not math.isfinite(guidance_scale):
+            raise GptParamsError(f"guidance_scale must be finite, got {guidance_scale!r}")
+        b = len(theta)
+        t0 = time.perf_counter()
+        if current_loss is None:
+            start = torch.as_tensor(self._measure(theta), dtype=torch.float32)
+        else:
+            start = self._per_network(current_loss, b, "current_loss")
+        t1 = time.perf_counter()
+        out = one_step(
+            self.exported,
+            theta.repeat_interleave(num_samples, 0),
+            start.repeat_interleave(num_samples),
+            prompt.repeat_interleave(num_samples),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+        ).reshape(b, num_samples, -1)  # (B, k, D)
+        t2 = time.perf_counter()
+        metrics = None
+        if num_samples > 1:
+            metrics = self._measure(out.reshape(b * num_samples, -1)).reshape(b, num_samples)
+            out = out[torch.arange(b), torch.as_tensor(self._better(metrics))]  # (B, D)
+        else:
+            out = out[:, 0]
+        self.last_report = StepReport(
+            networks=b,
+            num_samples=num_samples,
+            sample_seconds=t2 - t1,
+            select_seconds=time.perf_counter() - t2,
+            measure_seconds=t1 - t0 if current_loss is None else 0.0,
+            candidate_metrics=metrics.tolist() if metrics is not None else None,
+        )
+        return out
+
+    def _per_network(self, value, b: int, what: str) -> torch.Tensor:
+        v = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+        if v.numel() == 1:
+            v = v.expand(b)
+        if v.numel() != b:
+            raise GptParamsError(
+                f"{what} has {v.numel()} values for {b} networks; give one or one per network"
+            )
+        if not torch.isfinite(v).all():
+            raise GptParamsError(f"{what} contains NaN or Inf: {v.tolist()}")
+        return v.clone()
+
+    def _prompt(self, target_loss, target_error, target_return, b: int) -> torch.Tensor:
+        given = {
+            k: v
+            for k, v in (
+                ("target_loss", target_loss),
+                ("target_error", target_error),
+                ("target_return", target_return),
+            )
+            if v is not None
+        }
+        if len(given) != 1:
+            raise GptParamsError(
+                f"give exactly one prompt (target_loss, or the alias target_{self.metric}); got {sorted(given) or 'none'}"
+            )
+        ((name, value),) = given.items()
+        if name != "target_loss" and name != f"target_{self.metric}":
+            raise GptParamsError(
+                f"{name} does not apply: this model is conditioned on {self.metric_name!r}; "
+                f"use target_loss or target_{self.metric}"
+            )
+        prompt = self._per_network(value, b, name)
+        lo, hi = self.metric_range
+        outside = prompt[(prompt < lo) | (prompt > hi)]
+        if len(outside):
+            warnings.warn(
+                f"{name} {outside.tolist()} lies outside the {self.metric_name} range the model was trained on "
+                f"[{lo:.4g}, {hi:.4g}]; it can reach about {self.best_prompt:.4g} at best",
+                stacklevel=3,
+            )
+        return prompt
+
+    def _to_batch(self, params):
+        """``params`` -> ``(B, D)`` float tensor and a function turning a result back into the input's kind."""
+        layout = self.task.layout
+        if isinstance(params, (list, tuple)):
+            if not params:
+                raise GptParamsError("params is an empty list; expected networks to update")
+            parts = [self._to_batch(p) for p in params]
+            sizes = [len(t) for t, _ in parts]
+            theta = torch.cat([t for t, _ in parts])
+            offsets = np.cumsum([0, *sizes])
+
+            def rebuild_list(out: torch.Tensor):
+                return type(params)(
+                    r(out[a:z]) for (_, r), a, z in zip(parts, offsets[:-1], offsets[1:], strict=True)
+                )
+
+            return theta, rebuild_list
+        if isinstance(params, nn.Module):
+            theta = layout.flatten(params)[None].float()
+            self._check_finite(theta)
+
+            def rebuild_module(out: torch.Tensor) -> nn.Module:
+                new = copy.deepcopy(params)
+                layout.load_into(new, out[0].to(dtype=theta.dtype))
+                return new
+
+            return theta, rebuild_module
+        if isinstance(params, Mapping):
+            theta = layout.flatten(params)[None].float()
+            self._check_finite(theta)
+
+            def rebuild_state(out: torch.Tensor) -> dict:
+                new = {
+                    k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+                    for k, v in params.items()
+                }
+                for name, t in layout.unflatten(out[0]).items():
+                    new[name] = t.to(dtype=params[name].dtype, device=params[name].device).clone()
+                return new
+
+            return theta, rebuild_state
+        if torch.is_tensor(params):
+            if params.dim() not in (1, 2) or params.shape[-1] != layout.numel:
+                raise LayoutError(
+                    f"parameter tensor has shape {tuple(params.shape)}; expected ({layout.numel},) or "
+                    f"(batch, {layout.numel}) for task {self.task.name!r}"
+                )
+            theta = params.detach().reshape(-1, layout.numel).float().cpu()
+            self._check_finite(theta)
+            single, dtype, device = params.dim() == 1, params.dtype, params.device
+
+            def rebuild_tensor(out: torch.Tensor) -> torch.Tensor:
+                out = out.to(dtype=dtype, device=device)
+                return out[0] if single else out
+
+            return theta, rebuild_tensor
+        raise GptParamsError(
+            f"params of type {type(params).__name__} not understood; expected an nn.Module, a state_dict, "
+            "a flat or (batch, D) tensor, or a list of those"
+        )
+
+    @staticmethod
+    def _check_finite(theta: torch.Tensor) -> None:
+        bad = (~torch.isfinite(theta)).sum().item()
+        if bad:
+            raise GptParamsError(f"params contain {bad} NaN or Inf values; expected finite parameters")

@@ -1,0 +1,135 @@
+"""The eval/ scripts end to end on a tiny zoo and a tiny model, plus the pieces they are built from."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from gpt_params.align import align, aligned_distances
+from gpt_params.baselines import Curve, steps_to_reach
+from gpt_params.evaluate import achieved_metric, r_squared
+from gpt_params.harvest import HarvestConfig, harvest
+from gpt_params.layout import permute, random_perms
+from gpt_params.tasks import get_task
+from gpt_params.zoo_reader import Zoo
+
+from .conftest import repo_root, tiny_export
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    zoo = root / "digits.h5"
+    harvest(
+        HarvestConfig(task="digits-mlp", runs=24, ckpts_per_run=6, cohort_size=12, epochs=2, out=str(zoo))
+    )
+    with Zoo(zoo) as z:
+        assert len(z.runs("test")) >= 1
+    return zoo, tiny_export(root / "model", "digits-mlp", "val_loss", [0.1, 2.5], 0.3)
+
+
+def script(name, *args):
+    res = subprocess.run(
+        [sys.executable, str(repo_root() / "eval" / name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def test_prompting_script(digits, tmp_path):
+    zoo, model = digits
+    out = tmp_path / "p.json"
+    script("prompting.py", "--model", model, "--zoo", zoo, "--nets", 2, "--prompts", 3, "--samplers", "ddim:2", "ddpm:3",
+           "--guidance", 1, 2, "--recursive", 2, "--out", out)  # fmt: skip
+    rep = json.loads(out.read_text())
+    assert len(rep["results"]) == 4 and rep["achieved_metric"] == "test_loss"
+    row = rep["results"][0]
+    assert np.isfinite(row["r2"]) and "step_2_test_loss_median" in row and "one_step_test_error_median" in row
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_prompting_rejects_a_bad_sampler(digits):
+    zoo, model = digits
+    res = subprocess.run(
+        [sys.executable, str(repo_root() / "eval" / "prompting.py"), "--model", str(model), "--zoo", str(zoo), "--samplers", "euler:5"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode != 0 and "expected ddim:N or ddpm:N" in res.stderr
+
+
+def test_vs_gradient_script(digits, tmp_path):
+    zoo, model = digits
+    out = tmp_path / "g.json"
+    script("vs_gradient.py", "--model", model, "--zoo", zoo, "--nets", 2, "--max-steps", 20, "--eval-every", 5,
+           "--adam-lrs", 1e-3, 1e-2, "--sgd-lrs", 0.1, "--out", out)  # fmt: skip
+    rep = json.loads(out.read_text())
+    assert set(rep["baselines"]) == {"adam", "sgd", "adam_lr1e-3"}
+    assert rep["gpt"]["seconds_per_net"] > 0 and rep["baselines"]["adam"]["seconds_per_step"] > 0
+    assert out.with_suffix(".png").exists()
+
+
+def test_audit_script(digits, tmp_path):
+    zoo, model = digits
+    out = tmp_path / "a.json"
+    script("audit.py", "--model", model, "--zoo", zoo, "--nets", 2, "--bank", 10, "--out", out)
+    rep = json.loads(out.read_text())
+    assert rep["output"]["dist_to_nearest_train_ckpt"] > 0 and rep["independent_runs_dist"] > 0
+    assert "test_loss" in rep["retrieval"]
+
+
+def test_rollout_script_and_sb3_agree_with_the_plain_loop(tmp_path):
+    model = tiny_export(tmp_path / "cp", "cartpole", "return_mean", [9.0, 500.0], 500.0)
+    out = tmp_path / "r.json"
+    res = script("rollout.py", "--model", model, "--nets", 3, "--episodes", 4, "--prompts", 200, 500,
+                 "--sb3-policies", 2, "--record", tmp_path / "ep.gif", "--out", out)  # fmt: skip
+    rep = json.loads(out.read_text())
+    assert len(rep["results"]) == 2
+    for row in rep["results"]:
+        assert row["ci95"][0] <= row["mean_return"] <= row["ci95"][1]
+        np.testing.assert_allclose(row["sb3_check"]["plain_loop"], row["sb3_check"]["sb3_ppo"])
+    # either a GIF was written or the script said what to install
+    assert (tmp_path / "ep.gif").exists() or "pip install" in res.stdout
+
+
+def test_r_squared_uses_the_spread_of_the_prompts():
+    prompts = np.linspace(0.5, 2.0, 5)
+    assert r_squared(prompts, prompts) == 1.0
+    assert r_squared(prompts, np.full(5, prompts.mean())) == pytest.approx(0.0)
+    assert r_squared(prompts, prompts + 1.0) < 0
+
+
+def test_achieved_metric():
+    assert achieved_metric("val_loss", "supervised") == "test_loss"
+    assert achieved_metric("val_error", "supervised") == "test_error"
+    assert achieved_metric("return_mean", "rl") == "return_mean"
+
+
+@pytest.mark.parametrize("task_name", ["mnist-mlp", "cartpole"])
+def test_alignment_undoes_a_permutation(task_name):
+    task = get_task(task_name)
+    theta = task.flatten(task.build(0))
+    shuffled = permute(
+        theta.expand(3, -1),
+        task.layout,
+        task.symmetries,
+        random_perms(task.symmetries, 3, torch.Generator().manual_seed(1)),
+    )
+    assert (shuffled - theta).norm(dim=1).min() > 0
+    aligned = align(theta, shuffled, task.layout, task.symmetries)
+    torch.testing.assert_close(aligned, theta.expand(3, -1))
+    assert aligned_distances(theta, shuffled, task.layout, task.symmetries) == pytest.approx(
+        np.zeros(3), abs=1e-6
+    )
+
+
+def test_steps_to_reach():
+    c = Curve(
+        "adam", 1e-3, np.array([0, 5, 10]), {"test_loss": np.array([[2.0, 2.0], [1.0, 1.9], [0.5, 1.8]])}
+    )
+    np.testing.assert_array_equal(steps_to_reach(c, "test_loss", np.array([1.0, 0.1])), [5.0, np.inf])

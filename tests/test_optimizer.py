@@ -1,0 +1,216 @@
+"""LearnedOptimizer: input kinds, batching, determinism and every documented bad input."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gpt_params import LearnedOptimizer
+from gpt_params.errors import GptParamsError, LayoutError
+from gpt_params.tasks import get_task
+
+from .conftest import tiny_export
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    return tiny_export(tmp_path_factory.mktemp("export"), "digits-mlp", "val_loss", [0.1, 2.5], 0.2, std=0.05)
+
+
+@pytest.fixture(scope="module")
+def opt(export_dir):
+    return LearnedOptimizer.from_pretrained(export_dir)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_describes_the_model(opt):
+    assert opt.metric == "loss" and opt.metric_name == "val_loss"
+    assert opt.metric_range == (0.1, 2.5) and opt.best_prompt == 0.2
+    assert opt.task.name == "digits-mlp"
+
+
+def test_module_state_dict_and_vector_round_trip_and_input_untouched(opt):
+    net = opt.task.build(1)
+    before = opt.task.flatten(net).clone()
+    new_net = opt.step(net, 0.5, generator=gen())
+    assert isinstance(new_net, type(net)) and new_net is not net
+    assert torch.equal(opt.task.flatten(net), before)  # input untouched
+    theta_new = opt.task.flatten(new_net)
+    assert not torch.equal(theta_new, before)
+
+    state = net.state_dict()
+    new_state = opt.step(state, 0.5, generator=gen())
+    assert set(new_state) == set(state)
+    assert torch.equal(opt.task.layout.flatten(new_state), theta_new)
+    assert torch.equal(opt.task.flatten(net), before)
+
+    vec = opt.step(before, 0.5, generator=gen())
+    assert vec.shape == before.shape and torch.equal(vec, theta_new)
+
+
+def test_batch_and_single_calls_agree(opt):
+    theta = torch.stack([opt.task.flatten(opt.task.build(s)) for s in range(3)])
+    prompts = [0.4, 0.6, 0.8]
+    batch = opt.step(theta, prompts, current_loss=[2.3, 2.3, 2.3], generator=gen(4))
+    listed = opt.step(list(theta), prompts, current_loss=2.3, generator=gen(4))
+    assert batch.shape == theta.shape and isinstance(listed, list) and len(listed) == 3
+    torch.testing.assert_close(torch.stack(listed), batch)
+    # the first network of a batch draws the same noise as that network alone
+    single = opt.step(theta[0], prompts[0], current_loss=2.3, generator=gen(4))
+    assert single.shape == theta[0].shape
+    torch.testing.assert_close(single, batch[0], rtol=1e-4, atol=1e-5)
+
+
+def test_seeded_generator_is_deterministic_and_seeds_differ(opt):
+    net = opt.task.build(2)
+    a = opt.task.flatten(opt.step(net, 0.5, generator=gen(7)))
+    b = opt.task.flatten(opt.step(net, 0.5, generator=gen(7)))
+    c = opt.task.flatten(opt.step(net, 0.5, generator=gen(8)))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_current_loss_is_measured_on_validation_when_omitted(opt):
+    net = opt.task.build(3)
+    measured = float(opt.measure(net)[0])
+    expected = float(opt.task.evaluate(opt.task.flatten(net)[None], splits=("val",))["val_loss"][0])
+    assert measured == pytest.approx(expected)
+    a = opt.step(net, 0.5, generator=gen(1))
+    b = opt.step(net, 0.5, current_loss=measured, generator=gen(1))
+    assert torch.equal(opt.task.flatten(a), opt.task.flatten(b))
+    assert opt.last_report.measure_seconds == 0.0
+
+
+def test_best_of_k_keeps_the_best_candidate_and_reports_cost(opt):
+    net = opt.task.build(4)
+    out = opt.step(net, 0.2, num_samples=4, generator=gen(2))
+    report = opt.last_report
+    assert report.num_samples == 4 and len(report.candidate_metrics[0]) == 4
+    assert float(opt.measure(out)[0]) == pytest.approx(min(report.candidate_metrics[0]), rel=1e-5)
+    assert report.select_seconds > 0 and report.seconds >= report.sample_seconds
+
+
+def test_recursive_prompting_applies_several_steps(opt):
+    net = opt.task.build(5)
+    one = opt.optimize(net, 0.5, steps=1, generator=gen(3))
+    direct = opt.step(net, 0.5, generator=gen(3))
+    assert torch.equal(opt.task.flatten(one), opt.task.flatten(direct))
+    two = opt.optimize(net, 0.5, steps=2, generator=gen(3))
+    assert not torch.equal(opt.task.flatten(two), opt.task.flatten(one))
+
+
+def test_aliases(opt):
+    net = opt.task.build(6)
+    with pytest.raises(GptParamsError, match="target_return does not apply"):
+        opt.step(net, target_return=400.0)
+    with pytest.raises(GptParamsError, match="exactly one prompt"):
+        opt.step(net)
+    with pytest.raises(GptParamsError, match="exactly one prompt"):
+        opt.step(net, 0.5, target_error=0.1)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (torch.zeros(17), "expected \\(\\d+,\\) or \\(batch"),
+        (torch.zeros(2, 3, 4), "expected"),
+        (torch.nn.Linear(3, 2), "missing"),
+        ({"fc1.weight": torch.zeros(1)}, "missing"),
+        ("net.pt", "not understood"),
+        ([], "empty list"),
+    ],
+)
+def test_wrong_architecture_or_kind_is_a_clear_error(opt, params, match):
+    with pytest.raises(GptParamsError, match=match):
+        opt.step(params, 0.5)
+
+
+def test_non_finite_inputs_are_rejected(opt):
+    theta = opt.task.flatten(opt.task.build(0))
+    bad = theta.clone()
+    bad[3] = float("nan")
+    with pytest.raises(GptParamsError, match="NaN or Inf"):
+        opt.step(bad, 0.5)
+    with pytest.raises(GptParamsError, match="target_loss contains NaN"):
+        opt.step(theta, float("inf"))
+    with pytest.raises(GptParamsError, match="2 values for 1 networks"):
+        opt.step(theta, [0.5, 0.6])
+
+
+def test_prompt_outside_the_trained_range_warns_with_what_is_reachable(opt):
+    theta = opt.task.flatten(opt.task.build(0))
+    with pytest.warns(UserWarning, match=r"outside the val_loss range .*about 0.2 at best"):
+        opt.step(theta, 0.01, current_loss=2.3)
+
+
+def test_unknown_model_missing_or_corrupt_weights(tmp_path, export_dir):
+    with pytest.raises(GptParamsError, match="unknown model 'no-such-model'"):
+        LearnedOptimizer.from_pretrained("no-such-model")
+    with pytest.raises(GptParamsError, match="lacks model.safetensors"):
+        (tmp_path / "config.json").write_text((export_dir / "config.json").read_text())
+        LearnedOptimizer.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(GptParamsError, match="not a readable safetensors"):
+        LearnedOptimizer.from_pretrained(tmp_path)
+
+
+def test_layout_error_is_a_gpt_params_error():
+    assert issubclass(LayoutError, GptParamsError)
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "gpt_params.cli", "optimize", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_optimize_writes_a_loadable_network(tmp_path, export_dir):
+    out = tmp_path / "net.safetensors"
+    r = run_cli(
+        "--model",
+        str(export_dir),
+        "--task",
+        "digits-mlp",
+        "--target",
+        "0.5",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "val_loss" in r.stdout and "test error" in r.stdout
+    state = load_file(str(out))
+    task = get_task("digits-mlp")
+    assert task.layout.flatten(state).shape == (task.layout.numel,)
+    # starting from that file works too
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "init.safetensors"))
+    r = run_cli("--model", str(export_dir), "--init", str(tmp_path / "init.safetensors"), "--target", "0.5")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--task", "cartpole"], "does not match model"),
+        (["--out", "x.pt"], "must end in .safetensors"),
+        (["--init", "missing.safetensors"], "does not exist"),
+        (["--steps", "0"], "steps must be a positive integer"),
+    ],
+)
+def test_cli_optimize_bad_input_is_one_line(export_dir, args, match):
+    r = run_cli("--model", str(export_dir), *args)
+    assert r.returncode == 2
+    assert match in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_unknown_model_is_one_line():
+    r = run_cli("--model", "no-such-model")
+    assert r.returncode == 2 and "unknown model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
