@@ -9,6 +9,7 @@ G.pt's prompt alignment (``--prompts`` prompts evenly between the model's best p
 starting metric; R^2 of achieved vs prompted per net, averaged), and one step (then ``--recursive``
 steps, each fed its own output and measured metric) prompted for the best metric. Supervised
 results are measured on the test images although the model was conditioned on validation loss.
+``--init-scale 2`` (say) scales those inits, an out-of-distribution test of inits the zoo never had.
 Writes a JSON report and a desired-vs-observed plot (PNG) next to the model unless told otherwise.
 """
 
@@ -44,8 +45,20 @@ def main() -> None:
     p.add_argument("--samplers", nargs="+", default=["ddim:10"], help="sampler:steps, e.g. ddim:10 ddpm:1000")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
     p.add_argument("--recursive", type=int, default=1, help="recursive steps of the best-prompt update")
+    p.add_argument(
+        "--init-scale",
+        type=float,
+        default=1.0,
+        help="multiply the unseen inits by this (out-of-distribution inits when != 1)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="torch device for the model (default: cpu)")
+    p.add_argument(
+        "--achieved-on",
+        choices=["test", "val"],
+        default="test",
+        help="split whose metric counts as achieved (supervised; default test, the honest one; val is the conditioning split)",
+    )
     p.add_argument("--out", default=None, help="JSON report (default: <model>/prompting.json)")
     p.add_argument("--plot", default=None, help="PNG plot (default: next to the report)")
     a = p.parse_args()
@@ -60,7 +73,10 @@ def main() -> None:
         )
     rows = zoo.runs("test")[: a.nets]
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D) unseen inits
+    theta0 = theta0 * a.init_scale
     achieved = achieved_metric(exp.meta["metric"], task.kind)
+    if task.kind == "supervised" and a.achieved_on == "val":
+        achieved = achieved.replace("test_", "val_")
     start = torch.as_tensor(task.evaluate(theta0)[exp.meta["metric"]], dtype=torch.float32)  # (N,)
     report = {
         "model": str(a.model),
@@ -73,6 +89,7 @@ def main() -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": str(opt.device),
         "start_median": float(start.median()),
+        "init_scale": a.init_scale,
         "results": [],
     }
     curves = None
@@ -92,6 +109,7 @@ def main() -> None:
                 "steps": steps,
                 "guidance": g,
                 "r2": align["r2"],
+                "nets_excluded": align["nets_excluded"],
                 "alignment_seconds": t_align,
             }
             theta, current = theta0, start

@@ -32,7 +32,11 @@ INIT_SEED = 7_000_000  # policy init seeds: far from the harvest's run seeds
 
 def initial_states(episodes: int) -> np.ndarray:
     env = gym.make("CartPole-v1")
-    states = np.stack([env.reset(seed=ROLLOUT_SEED + i)[0] for i in range(episodes)]).astype(np.float64)
+    states = []
+    for i in range(episodes):
+        env.reset(seed=ROLLOUT_SEED + i)
+        states.append(np.array(env.unwrapped.state, dtype=np.float64))  # exact, not the float32 observation
+    states = np.stack(states)
     env.close()
     return states
 

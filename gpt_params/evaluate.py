@@ -87,10 +87,14 @@ def prompt_alignment(
     )
     achieved = task.evaluate(flat)[achieved_metric].reshape(n, n_prompts)
     p = prompts.numpy()
-    r2 = np.array([r_squared(p[i], achieved[i]) for i in range(n)])
+    # a net that already starts at the best prompt has no prompt range to align over (a lucky
+    # CartPole init that already balances for 500 steps, say): it is left out and counted
+    degenerate = (start - best).abs().numpy() <= 1e-3 * max(abs(best), 1e-6)
+    r2 = np.array([np.nan if degenerate[i] else r_squared(p[i], achieved[i]) for i in range(n)])
     return {
-        "r2": float(r2.mean()),
+        "r2": float(np.nanmean(r2)) if (~degenerate).any() else float("nan"),
         "r2_per_net": r2.tolist(),
+        "nets_excluded": int(degenerate.sum()),
         "prompted": p.tolist(),
         "achieved": achieved.tolist(),
         "start": start.tolist(),
