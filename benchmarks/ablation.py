@@ -35,6 +35,9 @@ def main() -> None:
     p.add_argument("--preset", default="small")
     p.add_argument("--parallel", action="store_true", help="train all variants at once (a GPU or many cores)")
     p.add_argument("--nets", type=int, default=32, help="unseen nets scored per variant")
+    p.add_argument(
+        "--sampler", default="ddim:5", help="sampler:steps used to score (eval/prompting.py --samplers)"
+    )
     p.add_argument("--train-args", default="", help="extra flags for train/diffuse.py, one string")
     a = p.parse_args()
     out = Path(a.out)
@@ -58,7 +61,7 @@ def main() -> None:
         d = out / name
         cmd = [
             sys.executable, str(ROOT / "eval" / "prompting.py"), "--model", str(d), "--zoo", a.zoo,
-            "--nets", str(a.nets), "--out", str(d / "prompting.json"),
+            "--nets", str(a.nets), "--samplers", a.sampler, "--out", str(d / "prompting.json"),
         ]  # fmt: skip
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         cfg = json.loads((d / "config.json").read_text())

@@ -6,7 +6,7 @@
 #   RUNS=2000 SHARDS=8 MINUTES=4 OUT=runs/ablation-gpu bash benchmarks/ablation_gpu.sh
 set -euo pipefail
 RUNS=${RUNS:-2000}; SHARDS=${SHARDS:-8}; COHORT=${COHORT:-250}; MINUTES=${MINUTES:-4}
-PRESET=${PRESET:-small}; NETS=${NETS:-32}; OUT=${OUT:-runs/ablation-gpu}; PY=${PYTHON:-python3}
+PRESET=${PRESET:-small}; NETS=${NETS:-32}; SAMPLER=${SAMPLER:-ddim:5}; OUT=${OUT:-runs/ablation-gpu}; PY=${PYTHON:-python3}
 ZOO=data/ablation-gpt${RUNS}.h5
 mkdir -p "$OUT" data
 pids=()
@@ -19,4 +19,4 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 $PY -m gpt_params.cli zoo merge data/ablation-gpt"${RUNS}".shard*of"${SHARDS}".h5 --out "$ZOO" --virtual
 $PY benchmarks/ablation.py --zoo "$ZOO" --minutes "$MINUTES" --preset "$PRESET" --nets "$NETS" \
-  --parallel --out "$OUT"
+  --sampler "$SAMPLER" --parallel --out "$OUT"

@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--nets", type=int, default=32)
     p.add_argument("--bank", type=int, default=2000, help="training checkpoints searched for the nearest")
     p.add_argument("--prompt", type=float, default=None, help="prompted metric (default: the best prompt)")
+    p.add_argument("--sampler-steps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON report (default: <model>/audit.json)")
     a = p.parse_args()
@@ -46,7 +47,9 @@ def main() -> None:
     theta0 = torch.stack([torch.from_numpy(r[0]) for r in runs])  # (N, D)
     real = torch.stack([torch.from_numpy(r[-1]) for r in runs])  # the same inits, trained by the recipe
     prompt = opt.best_prompt if a.prompt is None else a.prompt
-    out = opt.step(theta0, prompt, generator=torch.Generator().manual_seed(a.seed))
+    out = opt.step(
+        theta0, prompt, num_inference_steps=a.sampler_steps, generator=torch.Generator().manual_seed(a.seed)
+    )
 
     train_rows = zoo.runs("train")
     pick_runs = rng.choice(train_rows, size=min(a.bank, len(train_rows)), replace=False)

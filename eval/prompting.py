@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--zoo", required=True, help="zoo whose test-split runs give the unseen inits")
     p.add_argument("--nets", type=int, default=32, help="unseen networks (G.pt: at least 32)")
     p.add_argument("--prompts", type=int, default=20, help="prompts per network")
-    p.add_argument("--samplers", nargs="+", default=["ddim:10"], help="sampler:steps, e.g. ddim:10 ddpm:1000")
+    p.add_argument("--samplers", nargs="+", default=["ddim:5"], help="sampler:steps, e.g. ddim:5 ddpm:1000")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
     p.add_argument("--recursive", type=int, default=1, help="recursive steps of the best-prompt update")
     p.add_argument(

@@ -107,7 +107,7 @@ def main() -> None:
     )
     p.add_argument("--episodes", type=int, default=100, help="seeded episodes per policy")
     p.add_argument("--sb3-policies", type=int, default=2, help="policies per prompt also run through SB3 PPO")
-    p.add_argument("--sampler-steps", type=int, default=10)
+    p.add_argument("--sampler-steps", type=int, default=5)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", default=None, help="GIF of one episode of the best-prompt policy")

@@ -36,7 +36,7 @@ def main() -> None:
         "--prompt", type=float, default=None, help="prompted metric (default: the model's best prompt)"
     )
     p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--sampler-steps", type=int, default=10)
+    p.add_argument("--sampler-steps", type=int, default=5)
     p.add_argument("--samples", type=int, default=1, help="best-of-k candidates on the validation split")
     p.add_argument("--max-steps", type=int, default=3000, help="gradient steps per baseline run")
     p.add_argument("--eval-every", type=int, default=5)

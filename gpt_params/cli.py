@@ -196,7 +196,7 @@ def add_optimize_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random init and of the sampler")
     p.add_argument("--init", help="safetensors state dict to start from instead of a random init")
     p.add_argument("--steps", type=int, default=1, help="recursive G.pt steps")
-    p.add_argument("--sampler-steps", type=int, default=10, help="diffusion sampler steps per update")
+    p.add_argument("--sampler-steps", type=int, default=5, help="diffusion sampler steps per update")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--samples", type=int, default=1, help="best-of-k candidates kept on the validation split")
     p.add_argument("--out", help="write the updated network's state dict here (safetensors)")
@@ -275,7 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"gpt-params: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    warnings.showwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -75,7 +75,7 @@ def sample(
     theta_start: torch.Tensor,
     start_metric: torch.Tensor,
     prompt: torch.Tensor,
-    num_inference_steps: int = 10,
+    num_inference_steps: int = 5,
     guidance_scale: float = 1.0,
     sampler: str = "ddim",
     generator: torch.Generator | None = None,

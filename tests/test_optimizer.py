@@ -214,3 +214,10 @@ def test_cli_optimize_bad_input_is_one_line(export_dir, args, match):
 def test_cli_unknown_model_is_one_line():
     r = run_cli("--model", "no-such-model")
     assert r.returncode == 2 and "unknown model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_out_of_range_prompt_warns_in_one_line(export_dir):
+    r = run_cli("--model", str(export_dir), "--target", "99", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().startswith("gpt-params: warning: target_loss [99.0] lies outside")
+    assert len(r.stderr.strip().splitlines()) == 1
