@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Every shipped model on unseen random inits: one G.pt step vs Adam / PPO; a table, plots in data/demo/.
 demo: $(STAMP)
-	$(VENV)/bin/gpt-params harvest --task mnist-mlp --runs 5000 --ckpts-per-run 50 --out data/mnist-mlp.h5
-	$(VENV)/bin/gpt-params zoo info data/mnist-mlp.h5 --plot data/mnist-mlp-zoo.png
+	$(VENV)/bin/gpt-params demo --out data/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -26,6 +26,7 @@ import torch
 
 from gpt_params.evaluate import achieved_metric, one_step, prompt_alignment
 from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.plots import desired_vs_observed
 from gpt_params.zoo_reader import Zoo
 
 
@@ -132,35 +133,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     plot = Path(a.plot or out.with_suffix(".png"))
-    fig = desired_vs_observed(curves[0], curves[1], opt.metric)
+    fig = desired_vs_observed(curves[0], f"one step, {curves[1]}")
     fig.savefig(plot, dpi=120)
     print(f"report: {out}\nplot: {plot}")
-
-
-def desired_vs_observed(align: dict, title: str, metric: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    prompted, achieved = np.asarray(align["prompted"]), np.asarray(align["achieved"])
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    for i in range(len(prompted)):
-        ax.plot(prompted[i], achieved[i], color="tab:blue", alpha=0.15, lw=1)
-    order = np.argsort(prompted.mean(0))
-    ax.plot(
-        prompted.mean(0)[order], achieved.mean(0)[order], color="tab:blue", lw=2.5, label="mean over nets"
-    )
-    lo, hi = min(prompted.min(), achieved.min()), max(prompted.max(), achieved.max())
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="perfect alignment")
-    ax.set_xlabel(f"prompted {align['metric']}")
-    ax.set_ylabel(f"achieved {align['achieved_metric']}")
-    ax.set_title(
-        f"one step, {title}\nR$^2$ = {align['r2']:.3f} over {len(prompted)} unseen nets", fontsize=10
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 if __name__ == "__main__":

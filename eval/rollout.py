@@ -25,20 +25,7 @@ import torch
 from scipy import stats
 
 from gpt_params.optimizer import LearnedOptimizer
-
-ROLLOUT_SEED = 50_000  # episode seeds ROLLOUT_SEED, ROLLOUT_SEED + 1, ...: never used by harvests
-INIT_SEED = 7_000_000  # policy init seeds: far from the harvest's run seeds
-
-
-def initial_states(episodes: int) -> np.ndarray:
-    env = gym.make("CartPole-v1")
-    states = []
-    for i in range(episodes):
-        env.reset(seed=ROLLOUT_SEED + i)
-        states.append(np.array(env.unwrapped.state, dtype=np.float64))  # exact, not the float32 observation
-    states = np.stack(states)
-    env.close()
-    return states
+from gpt_params.tasks.cartpole import INIT_SEED, ROLLOUT_SEED, fresh_initial_states
 
 
 def mean_ci(per_policy: np.ndarray) -> tuple[float, float, float]:
@@ -124,7 +111,7 @@ def main() -> None:
         )
     prompts = a.prompts or [opt.best_prompt]
     theta0 = torch.stack([task.flatten(task.build(INIT_SEED + i)) for i in range(a.nets)])  # (N, D)
-    states = initial_states(a.episodes)
+    states = fresh_initial_states(a.episodes)
     start = task.episode_returns(theta0, states).mean(1)  # (N,)
     report = {
         "model": str(a.model),

@@ -42,8 +42,10 @@ def train_curves(
     eval_every: int = 5,
     batch_size: int = 128,
     seed: int = 0,
+    stop_at: tuple[str, np.ndarray] | None = None,
 ) -> Curve:
-    """Train every network in ``theta0`` ``(N, D)`` for ``max_steps`` minibatch steps."""
+    """Train every network in ``theta0`` ``(N, D)`` for ``max_steps`` minibatch steps, or, with
+    ``stop_at=(metric, target (N,))``, until every network has been recorded at or below its target."""
     if task.kind != "supervised":
         raise GptParamsError(f"gradient baselines need a supervised task, got {task.name!r} ({task.kind})")
     if optimizer not in OPTIMIZERS:
@@ -75,6 +77,10 @@ def train_curves(
         opt.step()
         if step % eval_every == 0 or step == max_steps:
             record(step)
+            if stop_at is not None:
+                hit = np.stack([r[stop_at[0]] for r in records]) <= stop_at[1][None]  # (E, N)
+                if hit.any(0).all():
+                    break
     metrics = {k: np.stack([r[k] for r in records]) for k in records[0]}
     return Curve(optimizer, lr, np.array(steps), metrics)
 
@@ -103,3 +109,71 @@ def seconds_per_step(
         loss.backward()
         opt.step()
     return (time.perf_counter() - t0) / steps
+
+
+def ppo_steps_to_reach(
+    task,
+    theta0: torch.Tensor,
+    target: np.ndarray,
+    initial_states: np.ndarray,
+    max_timesteps: int = 40_000,
+    seed: int = 0,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The RL counterpart of :func:`steps_to_reach`: for each CartPole actor in ``theta0`` ``(N, D)``,
+    stable-baselines3 PPO with rl-zoo's tuned CartPole hyperparameters (Adam, lr 1e-3) starting from
+    that actor, scored after every PPO update by deterministic rollouts from ``initial_states`` and
+    stopped once its mean return reaches ``target[i]``.
+
+    Returns the Adam steps taken by then per network ``(N,)`` (updates x epochs x minibatches; inf
+    when ``max_timesteps`` ran out first) and each network's mean return after every update."""
+    from gpt_params.recipes import PPORecipe
+
+    if task.kind != "rl":
+        raise GptParamsError(f"PPO baselines need an RL task, got {task.name!r} ({task.kind})")
+    recipe = PPORecipe(total_timesteps=max_timesteps)
+    adam_per_update = ppo_adam_steps_per_update(recipe)
+    steps, histories = [], []
+    for i, theta in enumerate(theta0.float()):
+        history = _ppo_until(task, theta, float(target[i]), initial_states, recipe, seed + i)
+        reached = np.flatnonzero(history >= target[i])
+        steps.append(float(reached[0] * adam_per_update) if len(reached) else np.inf)
+        histories.append(history)
+    return np.asarray(steps), histories
+
+
+def ppo_adam_steps_per_update(recipe) -> int:
+    """Adam steps in one PPO update: epochs x minibatches of the rollout buffer."""
+    return recipe.n_epochs * max(1, recipe.n_steps * recipe.n_envs // recipe.batch_size)
+
+
+def _ppo_until(task, theta: torch.Tensor, target: float, states: np.ndarray, recipe, seed: int) -> np.ndarray:
+    """Mean return of one actor before and after each PPO update, until it reaches ``target``."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from gpt_params.harvest_rl import make_ppo
+
+    model = make_ppo(recipe, seed)
+    task.layout.load_into(model.policy, theta)
+
+    def score() -> float:
+        vec = task.layout.flatten(model.policy.state_dict())[None]  # (1, D)
+        return float(task.episode_returns(vec, states).mean())
+
+    history = [score()]
+
+    class Stop(BaseCallback):
+        reached = history[0] >= target
+
+        def _on_step(self) -> bool:
+            return not self.reached  # False ends learn()
+
+        def _on_rollout_start(self) -> None:  # after each update (and once before the first)
+            if self.num_timesteps > 0:
+                history.append(score())
+            self.reached = history[-1] >= target
+
+    if history[0] < target:
+        model.learn(total_timesteps=recipe.total_timesteps, callback=Stop())
+        if history[-1] < target:
+            history.append(score())  # the policy after the last update
+    return np.asarray(history)

@@ -261,6 +261,148 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="copy a trained model's export, e.g. at half precision for shipping",
+        description="Copy the export of `train/diffuse.py` (<run>/model.safetensors + config.json) to --out, "
+        "its learned weights stored as --dtype. Shipped models are made this way: "
+        "`gpt-params export runs/mnist-mlp-loss --out gpt_params/pretrained/mnist-mlp-loss`.",
+    )
+    p.add_argument("run", help="export directory written by train/diffuse.py")
+    p.add_argument(
+        "--out", required=True, help="directory to write (created; an existing export is replaced)"
+    )
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from gpt_params.export import WEIGHTS, convert_export
+
+    if Path(args.out).resolve() == Path(args.run).resolve():
+        raise GptParamsError(f"--out {args.out!r} is the source export; choose another directory")
+    out = convert_export(args.run, args.out, getattr(torch, args.dtype))
+    size = (out / WEIGHTS).stat().st_size / 2**20
+    print(f"{out}: {args.dtype} weights, {size:.1f} MiB")
+    return 0
+
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="one G.pt step on unseen random-init networks with every shipped model, against Adam / PPO",
+        description="For each shipped model (or --models): unseen random inits of its task, one G.pt step "
+        "prompted for the model's best metric, the metric reached (test split, or held-out CartPole "
+        "episodes), the Adam steps (PPO updates for CartPole) needed to match it from the same inits, and "
+        "the wall time of the step. Prints a table and writes two plots and a JSON report to --out.",
+    )
+    p.add_argument(
+        "--models", nargs="+", help="shipped model names or export directories (default: all shipped)"
+    )
+    p.add_argument("--nets", type=int, default=16, help="unseen inits per supervised model")
+    p.add_argument(
+        "--rl-nets", type=int, default=8, help="unseen inits per RL model (PPO baselines are slow)"
+    )
+    p.add_argument("--adam-steps", type=int, default=3000, help="Adam baseline budget per supervised model")
+    p.add_argument("--ppo-timesteps", type=int, default=40_000, help="PPO baseline budget per policy")
+    p.add_argument("--seed", type=int, default=0, help="sampler and baseline seed")
+    p.add_argument("--out", default="data/demo", help="directory for the plots and demo.json")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+    from datetime import datetime, timezone
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from gpt_params.demo import DemoConfig, figures, run_model
+    from gpt_params.optimizer import pretrained_names
+
+    models = args.models or list(pretrained_names())
+    if not models:
+        raise GptParamsError("no shipped models found in gpt_params/pretrained/ and no --models given")
+    shipped = pretrained_names()
+    for name in models:  # before any work, so a typo costs nothing
+        if name not in shipped and not Path(name).is_dir():
+            raise GptParamsError(
+                f"unknown model {name!r}: not a directory and not a shipped model (shipped: {', '.join(shipped)})"
+            )
+    for flag in ("nets", "rl_nets", "adam_steps", "ppo_timesteps"):
+        if getattr(args, flag) < 1:
+            raise GptParamsError(
+                f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}"
+            )
+    cfg = DemoConfig(
+        nets=args.nets,
+        rl_nets=args.rl_nets,
+        seed=args.seed,
+        adam_max_steps=args.adam_steps,
+        ppo_max_timesteps=args.ppo_timesteps,
+    )
+    t0 = time.perf_counter()
+    results = []
+    bar = tqdm(models, desc="demo", unit="model")
+    for name in bar:
+        bar.set_postfix_str(name)
+        results.append(run_model(name, cfg))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig_a, fig_b = figures(results)
+    plots = (out / "desired_vs_observed.png", out / "one_step_vs_adam.png")
+    fig_a.savefig(plots[0], dpi=110)
+    fig_b.savefig(plots[1], dpi=110)
+    rows = [{k: v for k, v in vars(r).items() if k not in ("alignment", "curves")} for r in results]
+    for row, r in zip(rows, results, strict=True):
+        row["r2"] = r.alignment["r2"]
+        if row["baseline_steps"] == float("inf"):
+            row["baseline_steps"] = None  # not matched within baseline_max_steps (JSON has no inf)
+    seconds = time.perf_counter() - t0
+    report = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "seconds": seconds,
+        "cpu_threads": torch.get_num_threads(),
+        "models": rows,
+    }
+    (out / "demo.json").write_text(json.dumps(report, indent=2))
+    print(demo_table(results))
+    print(f"plots: {plots[0]}, {plots[1]}; numbers: {out / 'demo.json'} ({seconds:.0f} s)")
+    return 0
+
+
+def demo_table(results) -> str:
+    head = (
+        "model",
+        "nets",
+        "metric",
+        "start",
+        "prompt",
+        "one step",
+        "R^2",
+        "gradient steps to match",
+        "step",
+    )
+    lines = []
+    for r in results:
+        steps = f"{r.baseline_steps:.0f}" if r.baseline_steps != float("inf") else f">{r.baseline_max_steps}"
+        if r.baseline_matched < 1:
+            steps += f" ({r.baseline_matched:.0%} matched)"
+        lines.append(
+            (r.model, str(r.nets), r.metric, f"{r.start:.4g}", f"{r.prompt:.4g}", f"{r.achieved:.4g}",
+             f"{r.alignment['r2']:.2f}", f"{steps} ({r.baseline.split(',')[0]})", f"{r.step_seconds * 1e3:.0f} ms")
+        )  # fmt: skip
+    widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    table = [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [
+        fmt.format(*line) for line in lines
+    ]
+    return "\n".join(table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gpt_params import __version__
 
@@ -268,10 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gpt-params", description="Checkpoint zoos and learned one-step optimizers (G.pt)."
     )
     parser.add_argument("--version", action="version", version=f"gpt-params {__version__}")
-    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{harvest,zoo,optimize}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="{harvest,zoo,optimize,demo,export}")
     add_harvest_parser(sub)
     add_zoo_parser(sub)
     add_optimize_parser(sub)
+    add_demo_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
@@ -293,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gpt-params: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (python's documented recipe)
+        return 0
 
 
 if __name__ == "__main__":

@@ -39,10 +39,21 @@ def save_export(
     clamp: tuple[torch.Tensor, torch.Tensor] | None,
     diffusion: DiffusionConfig,
     meta: dict,
+    weights_dtype: torch.dtype | None = None,
 ) -> Path:
+    """Write an export to ``out_dir``. ``weights_dtype`` (e.g. ``torch.float16``, to ship a model at
+    half the size) applies to the network's learned parameters only; buffers (the noise schedule),
+    the normaliser and the clamp range stay float32. Loading casts everything back to float32."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    learned = {name for name, _ in model.named_parameters()}
+    tensors = {
+        f"model.{k}": (v.to(weights_dtype) if weights_dtype is not None and k in learned else v)
+        .detach()
+        .cpu()
+        .contiguous()
+        for k, v in model.state_dict().items()
+    }
     tensors.update({k: v.cpu().contiguous() for k, v in normalizer.state().items()})
     if clamp is not None:
         tensors["clamp.low"], tensors["clamp.high"] = clamp[0].cpu().contiguous(), clamp[1].cpu().contiguous()
@@ -54,8 +65,11 @@ def save_export(
         "model": model.config.to_dict(),
         "diffusion": diffusion.to_dict(),
         **meta,
+        "weights_dtype": str(weights_dtype or torch.float32).removeprefix("torch."),
     }
-    (out / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+    tmp = out / f".{CONFIG}.tmp"
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+    tmp.replace(out / CONFIG)
     return out
 
 
@@ -78,6 +92,7 @@ def load_export(path: str | Path, device: str | torch.device | None = None) -> E
         )
     try:
         tensors = load_file(str(weights), device="cpu")
+        tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     except Exception as e:  # safetensors raises its own error types for corrupt headers/data
         raise GptParamsError(f"{str(weights)!r} is not a readable safetensors file ({e})") from None
     task = get_task(meta["task"])
@@ -102,3 +117,10 @@ def load_export(path: str | Path, device: str | torch.device | None = None) -> E
     )
     meta_only = {k: v for k, v in meta.items() if k not in ("model", "diffusion", "export_version")}
     return Exported(model, ParamNormalizer.from_state(tensors), clamp, diffusion, meta_only)
+
+
+def convert_export(src: str | Path, dst: str | Path, weights_dtype: torch.dtype = torch.float16) -> Path:
+    """Copy the export ``src`` to ``dst`` with its learned weights stored as ``weights_dtype``
+    (how shipped models are made: ``gpt-params export runs/X --out gpt_params/pretrained/NAME``)."""
+    exp = load_export(src)
+    return save_export(dst, exp.model, exp.normalizer, exp.clamp, exp.diffusion, exp.meta, weights_dtype)

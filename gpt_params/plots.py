@@ -50,3 +50,57 @@ def zoo_figure(zoo: Zoo, metric: str | None = None, max_curves: int = 40, seed: 
     ax_hist.set_title("final checkpoints per run split")
     ax_hist.legend(fontsize=8)
     return fig
+
+
+def draw_alignment(ax, align: dict, title: str) -> None:
+    """Desired vs observed on ``ax`` from a :func:`gpt_params.evaluate.prompt_alignment` result: one thin
+    line per network, the mean over networks, and the diagonal of perfect alignment."""
+    prompted, achieved = np.asarray(align["prompted"]), np.asarray(align["achieved"])  # (N, P)
+    for i in range(len(prompted)):
+        ax.plot(prompted[i], achieved[i], color="tab:blue", alpha=0.15, lw=1)
+    order = np.argsort(prompted.mean(0))
+    ax.plot(
+        prompted.mean(0)[order], achieved.mean(0)[order], color="tab:blue", lw=2.5, label="mean over nets"
+    )
+    lo, hi = min(prompted.min(), achieved.min()), max(prompted.max(), achieved.max())
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="perfect alignment")
+    ax.set_xlabel(f"prompted {align['metric']}")
+    ax.set_ylabel(f"achieved {align['achieved_metric']}")
+    ax.set_title(f"{title}\nR$^2$ = {align['r2']:.3f} over {len(prompted)} unseen nets", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def desired_vs_observed(align: dict, title: str) -> Figure:
+    fig = Figure(figsize=(5, 4.5), layout="constrained")
+    draw_alignment(fig.subplots(), align, title)
+    return fig
+
+
+def draw_vs_gradient(
+    ax,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    gpt_value: float,
+    gpt_label: str,
+    metric: str,
+    xlabel: str = "gradient steps (batch 128)",
+) -> None:
+    """``metric`` of gradient-trained networks against steps (``curves``: label -> (steps ``(E,)``,
+    values ``(E,)``)) and the one-step G.pt result as a horizontal line."""
+    for label, (steps, values) in curves.items():
+        ax.plot(np.maximum(steps, 1), values, label=label)
+    ax.axhline(gpt_value, color="k", ls="--", label=gpt_label)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=8)
+
+
+def panel_grid(n: int, size: tuple[float, float] = (4.2, 3.8)) -> tuple[Figure, list]:
+    """A figure with ``n`` panels in rows of at most three."""
+    cols = min(3, max(1, n))
+    rows = -(-n // cols)
+    fig = Figure(figsize=(size[0] * cols, size[1] * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]

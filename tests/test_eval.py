@@ -133,3 +133,57 @@ def test_steps_to_reach():
         "adam", 1e-3, np.array([0, 5, 10]), {"test_loss": np.array([[2.0, 2.0], [1.0, 1.9], [0.5, 1.8]])}
     )
     np.testing.assert_array_equal(steps_to_reach(c, "test_loss", np.array([1.0, 0.1])), [5.0, np.inf])
+
+
+def test_ppo_baseline_counts_adam_steps_and_stops_once_matched():
+    from gpt_params.baselines import ppo_steps_to_reach
+    from gpt_params.tasks.cartpole import fresh_initial_states
+
+    task = get_task("cartpole")
+    theta = torch.stack([task.flatten(task.build(s)) for s in (1, 2)])
+    states = fresh_initial_states(3)
+    start = task.episode_returns(theta, states).mean(1)
+    # net 0's target is its own start (0 steps); net 1's is out of reach in 2 PPO updates (inf)
+    steps, hist = ppo_steps_to_reach(task, theta, np.array([start[0], 1e9]), states, max_timesteps=512)
+    assert steps[0] == 0 and np.isinf(steps[1])
+    assert len(hist[0]) == 1 and hist[0][0] == pytest.approx(start[0])
+    assert len(hist[1]) == 3  # the init, then after each of the 2 updates (8 envs x 32 steps each)
+    assert hist[1][0] == pytest.approx(start[1])
+
+
+def test_demo_cli_prints_a_table_and_writes_plots(digits, tmp_path):
+    _, model = digits
+    cp = tiny_export(tmp_path / "cp", "cartpole", "return_mean", [9.0, 500.0], 500.0)
+    out = tmp_path / "demo"
+    res = subprocess.run(
+        [sys.executable, "-m", "gpt_params.cli", "demo", "--models", str(model), str(cp), "--nets", "2",
+         "--rl-nets", "1", "--adam-steps", "20", "--ppo-timesteps", "256", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "gradient steps to match" in res.stdout and "return_mean" in res.stdout
+    rows = json.loads((out / "demo.json").read_text())["models"]
+    assert [r["metric"] for r in rows] == ["test_loss", "return_mean"]
+    assert all(np.isfinite(r["achieved"]) and r["step_seconds"] > 0 for r in rows)
+    assert (out / "desired_vs_observed.png").stat().st_size > 0
+    assert (out / "one_step_vs_adam.png").stat().st_size > 0
+
+
+def test_demo_cli_bad_input_is_one_line(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "gpt_params.cli", "demo", "--models", str(tmp_path / "nope")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown model" in res.stderr
+
+
+def test_train_curves_stops_once_every_net_reached_its_target():
+    from gpt_params.baselines import train_curves
+
+    task = get_task("digits-mlp")
+    theta = torch.stack([task.flatten(task.build(s)) for s in range(3)])
+    full = train_curves(task, theta, "adam", 1e-2, 60, eval_every=5)
+    target = full.metrics["val_loss"][4]  # (3,) reached by step 20
+    early = train_curves(task, theta, "adam", 1e-2, 60, eval_every=5, stop_at=("val_loss", target))
+    assert early.steps[-1] <= 20 < full.steps[-1]
+    np.testing.assert_allclose(early.metrics["val_loss"], full.metrics["val_loss"][: len(early.steps)])

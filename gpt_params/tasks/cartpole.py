@@ -16,6 +16,20 @@ from gpt_params.tasks.base import Task
 
 MAX_RETURN = 500.0  # CartPole-v1's episode cap
 EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...
+ROLLOUT_SEED = 50_000  # held-out episodes (evaluation scripts, demo): never used by harvests
+INIT_SEED = 7_000_000  # unseen policy inits for evaluation: far from the harvest's run seeds
+
+
+def fresh_initial_states(episodes: int, first_seed: int = ROLLOUT_SEED) -> np.ndarray:
+    """Exact float64 initial states ``(episodes, 4)`` of gymnasium's CartPole reset with seeds
+    ``first_seed, first_seed + 1, ...``: episodes disjoint from the zoo's conditioning rollouts."""
+    env = gym.make("CartPole-v1")
+    states = []
+    for i in range(episodes):
+        env.reset(seed=first_seed + i)
+        states.append(np.array(env.unwrapped.state, dtype=np.float64))  # not the float32 observation
+    env.close()
+    return np.stack(states)
 
 
 class CartPoleActor(nn.Module):
