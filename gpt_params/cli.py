@@ -236,6 +236,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         net,
         target,
         steps=args.steps,
+        current_loss=before,
         num_inference_steps=args.sampler_steps,
         guidance_scale=args.guidance,
         num_samples=args.samples,

@@ -130,6 +130,7 @@ class LearnedOptimizer:
         target_loss: float | Sequence[float] | torch.Tensor | None = None,
         steps: int = 2,
         *,
+        current_loss: float | Sequence[float] | torch.Tensor | None = None,
         num_inference_steps: int = 5,
         guidance_scale: float = 1.0,
         num_samples: int = 1,
@@ -137,14 +138,21 @@ class LearnedOptimizer:
         target_error: float | Sequence[float] | torch.Tensor | None = None,
         target_return: float | Sequence[float] | torch.Tensor | None = None,
     ):
-        """Recursive prompting: ``steps`` updates, each fed the previous output and its measured metric."""
+        """Recursive prompting: ``steps`` updates, each fed the previous output and its measured metric
+        (``current_loss``, when given, is the metric of ``params`` and saves measuring it once)."""
         if not isinstance(steps, int) or steps < 1:
             raise GptParamsError(f"steps must be a positive integer, got {steps!r}")
         theta, rebuild = self._to_batch(params)
         prompt = self._prompt(target_loss, target_error, target_return, len(theta))
-        for _ in range(steps):
+        for i in range(steps):
             theta = self._step(
-                theta, prompt, None, num_inference_steps, guidance_scale, num_samples, generator
+                theta,
+                prompt,
+                current_loss if i == 0 else None,
+                num_inference_steps,
+                guidance_scale,
+                num_samples,
+                generator,
             )
         return rebuild(theta)
 

@@ -101,6 +101,11 @@ def test_recursive_prompting_applies_several_steps(opt):
     assert torch.equal(opt.task.flatten(one), opt.task.flatten(direct))
     two = opt.optimize(net, 0.5, steps=2, generator=gen(3))
     assert not torch.equal(opt.task.flatten(two), opt.task.flatten(one))
+    # a given current_loss feeds the first step only (and is what measuring would give)
+    given = opt.optimize(net, 0.5, steps=2, current_loss=float(opt.measure(net)[0]), generator=gen(3))
+    assert torch.equal(opt.task.flatten(given), opt.task.flatten(two))
+    other = opt.optimize(net, 0.5, steps=1, current_loss=0.4, generator=gen(3))
+    assert not torch.equal(opt.task.flatten(other), opt.task.flatten(one))
 
 
 def test_aliases(opt):
