@@ -24,6 +24,7 @@ import torch
 
 from gpt_params.baselines import seconds_per_step, steps_to_reach, train_curves
 from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.plots import draw_vs_gradient
 from gpt_params.zoo_reader import Zoo
 
 
@@ -138,29 +139,20 @@ def summarise(task, c, target: np.ndarray, batch_size: int) -> dict:
 
 
 def figure(report: dict, curves: dict):
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
     shown = {(k if k != "adam_lr1e-3" else "adam", v["lr"]) for k, v in report["baselines"].items()}
-    for (name, lr), c in sorted(curves.items()):
-        if (name, lr) in shown:
-            ax.plot(np.maximum(c.steps, 1), np.median(c.metrics["test_loss"], 1), label=f"{name}, lr {lr:g}")
+    lines = {
+        f"{name}, lr {lr:g}": (c.steps, np.median(c.metrics["test_loss"], 1))
+        for (name, lr), c in sorted(curves.items())
+        if (name, lr) in shown
+    }
     g = report["gpt"]
-    ax.axhline(
-        g["test_loss_median"],
-        color="k",
-        ls="--",
-        label=f"one G.pt step ({g['seconds_per_net'] * 1e3:.0f} ms/net)",
-    )
-    ax.set_xscale("log")
-    ax.set_xlabel("gradient steps (batch 128)")
-    ax.set_ylabel("median test loss")
+    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    label = f"one G.pt step ({g['seconds_per_net'] * 1e3:.0f} ms/net)"
+    draw_vs_gradient(ax, lines, g["test_loss_median"], label, "median test loss")
     ax.set_title(f"{report['nets']} unseen inits: one step vs gradient descent", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 

@@ -147,7 +147,7 @@ def figures(results: list[DemoResult]):
             r.achieved,
             f"one G.pt step ({r.step_seconds * 1e3:.0f} ms/net)",
             r.metric,
-            xlabel="Adam steps (PPO: 20 per update)" if r.task == "cartpole" else "Adam steps (batch 128)",
+            xlabel="Adam steps inside PPO" if r.task == "cartpole" else "Adam steps (batch 128)",
         )
         ax.set_title(f"{r.model}: {r.nets} unseen inits", fontsize=10)
     return fig_a, fig_b
