@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gpt_params.align import aligned_distances, nearest
+from gpt_params.errors import ZooError
 from gpt_params.evaluate import achieved_metric
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.zoo_reader import Zoo
@@ -42,7 +43,10 @@ def main() -> None:
     task, layout, groups = opt.task, opt.task.layout, opt.task.symmetries
     zoo = Zoo(a.zoo)
     rng = np.random.default_rng(a.seed)
-    test_rows = zoo.runs("test")[: a.nets]
+    try:
+        test_rows = zoo.unseen_runs(a.nets)
+    except ZooError as e:
+        raise SystemExit(f"audit.py: error: {e}") from None
     runs = [zoo.params(int(r)) for r in test_rows]  # each (K, D)
     theta0 = torch.stack([torch.from_numpy(r[0]) for r in runs])  # (N, D)
     real = torch.stack([torch.from_numpy(r[-1]) for r in runs])  # the same inits, trained by the recipe

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt_params.errors import ZooError
 from gpt_params.evaluate import achieved_metric, one_step, prompt_alignment
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.plots import desired_vs_observed
@@ -72,7 +73,10 @@ def main() -> None:
         raise SystemExit(
             f"prompting.py: error: zoo {a.zoo!r} is a {zoo.task!r} zoo; the model is for {task.name!r}"
         )
-    rows = zoo.runs("test")[: a.nets]
+    try:
+        rows = zoo.unseen_runs(a.nets)
+    except ZooError as e:
+        raise SystemExit(f"prompting.py: error: {e}") from None
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D) unseen inits
     theta0 = theta0 * a.init_scale
     achieved = achieved_metric(exp.meta["metric"], task.kind)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gpt_params.baselines import seconds_per_step, steps_to_reach, train_curves
+from gpt_params.errors import ZooError
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.plots import draw_vs_gradient
 from gpt_params.zoo_reader import Zoo
@@ -55,7 +56,10 @@ def main() -> None:
             f"vs_gradient.py: error: needs a loss-conditioned supervised model, got {task.name!r} / {opt.metric_name!r}"
         )
     zoo = Zoo(a.zoo)
-    rows = zoo.runs("test")[: a.nets]
+    try:
+        rows = zoo.unseen_runs(a.nets)
+    except ZooError as e:
+        raise SystemExit(f"vs_gradient.py: error: {e}") from None
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
     prompt = opt.best_prompt if a.prompt is None else a.prompt
     gen = torch.Generator().manual_seed(a.seed)

@@ -30,6 +30,11 @@ class PairConfig:
     buffer_runs: int = 512  # runs held in memory
     refresh_runs: int = 8  # buffer slots refilled per step
     augment: bool = True  # random hidden-unit permutation, the same for both ends of a pair
+    # cut each run at its best checkpoint by the metric (early stopping): the metric then improves
+    # along every pair, and a prompt names one point of a run rather than two (a validation loss that
+    # falls and rises again as a run overfits is reached twice, by different networks)
+    early_stop: bool = False
+    higher_is_better: bool = False  # direction of ``metric`` (for ``early_stop``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,6 +42,13 @@ class PairConfig:
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, *keys])
+
+
+def best_index(metric: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Index of each run's best checkpoint, ``(R, K) -> (R,)``; non-finite values never win (an
+    all-non-finite run gives its first checkpoint)."""
+    m = np.where(np.isfinite(metric), metric if higher_is_better else -metric, -np.inf)
+    return m.argmax(1)
 
 
 class PairStream(IterableDataset):
@@ -91,9 +103,13 @@ class PairStream(IterableDataset):
         g = _rng(self.seed, 3, step)
         b, k = self.batch_size, params.shape[1]
         slot = g.integers(0, self.n_slots, b)
-        i = np.where(g.random(b) < self.cfg.init_frac, 0, g.integers(0, k, b))
-        later = i + 1 + np.floor(g.random(b) * (k - 1 - i)).astype(np.int64)  # uniform over i+1 .. K-1
-        j = np.where((g.random(b) < self.cfg.same_frac) | (i == k - 1), i, later)
+        # last usable checkpoint of each pair's run: the final one, or the best one with early stopping
+        last = (
+            best_index(metric, self.cfg.higher_is_better)[slot] if self.cfg.early_stop else np.full(b, k - 1)
+        )
+        i = np.where(g.random(b) < self.cfg.init_frac, 0, np.floor(g.random(b) * (last + 1)).astype(np.int64))
+        later = i + 1 + np.floor(g.random(b) * (last - i)).astype(np.int64)  # uniform over i+1 .. last
+        j = np.where((g.random(b) < self.cfg.same_frac) | (i == last), i, later)
         start = torch.from_numpy(params[slot, i])  # (B, D)
         future = torch.from_numpy(params[slot, j])  # (B, D)
         if self.cfg.augment and self.groups:

@@ -63,6 +63,13 @@ class Zoo:
             raise ZooError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
         return np.flatnonzero(self.split == SPLIT_NAMES.index(split))
 
+    def unseen_runs(self, n: int) -> np.ndarray:
+        """The first ``n`` test-split rows: networks no model trained on this zoo has seen."""
+        rows = self.runs("test")[:n]
+        if n < 1 or len(rows) == 0:
+            raise ZooError(f"{str(self.path)!r} has {len(self.runs('test'))} test-split runs; asked for {n}")
+        return rows
+
     def _file(self) -> h5py.File:
         if self._handle is None or self._pid != os.getpid():
             self._handle = h5py.File(self.path, "r")

@@ -63,6 +63,18 @@ def test_prompting_rejects_a_bad_sampler(digits):
     assert res.returncode != 0 and "expected ddim:N or ddpm:N" in res.stderr
 
 
+@pytest.mark.parametrize("name", ["prompting.py", "vs_gradient.py", "audit.py"])
+def test_scripts_without_unseen_nets_fail_in_one_line(digits, name):
+    zoo, model = digits
+    res = subprocess.run(
+        [sys.executable, str(repo_root() / "eval" / name), "--model", str(model), "--zoo", str(zoo), "--nets", "0"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert (
+        res.returncode != 0 and res.stderr.count("\n") == 1 and "test-split runs; asked for 0" in res.stderr
+    )
+
+
 def test_vs_gradient_script(digits, tmp_path):
     zoo, model = digits
     out = tmp_path / "g.json"

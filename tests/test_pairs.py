@@ -4,7 +4,7 @@ import torch
 
 from gpt_params.harvest import HarvestConfig, harvest
 from gpt_params.normalize import ParamNormalizer, denormalize_metric, normalize_metric
-from gpt_params.pairs import PairConfig, PairStream
+from gpt_params.pairs import PairConfig, PairStream, best_index
 from gpt_params.tasks import get_task
 from gpt_params.zoo_reader import Zoo
 
@@ -97,3 +97,32 @@ def test_metric_normalisation_round_trips():
     for metric, task in (("val_loss", "mnist-mlp"), ("val_error", "mnist-mlp"), ("return_mean", "cartpole")):
         torch.testing.assert_close(denormalize_metric(normalize_metric(v, metric, task), metric, task), v)
     assert normalize_metric(torch.tensor([500.0]), "return_mean", "cartpole").item() == 1.0
+
+
+def test_early_stopping_cuts_each_run_at_its_best_checkpoint(zoo):
+    # synthetic buffer: checkpoint k of slot s is the constant vector 100 s + k; validation loss falls
+    # until checkpoint best[s] and rises after it, as in a run that overfits
+    k, d = 10, get_task("digits-mlp").layout.numel
+    best = np.array([2, 4, 9, 0, 6, 3])
+    code = 100 * np.arange(6)[:, None] + np.arange(k)[None]  # (6, K)
+    params = np.broadcast_to(code[..., None].astype(np.float32), (6, k, d)).copy()
+    metric = (1.0 + np.abs(np.arange(k)[None] - best[:, None]) / 10).astype(np.float32)  # (6, K)
+    assert np.array_equal(best_index(metric, higher_is_better=False), best)
+    for early_stop in (False, True):
+        batch = stream(zoo, init_frac=0.3, early_stop=early_stop).batch(0, params, metric)
+        start = batch["theta_start"][:, 0].round().long().numpy()
+        future = batch["theta_future"][:, 0].round().long().numpy()
+        slot, i, j = start // 100, start % 100, future % 100
+        assert (future // 100 == slot).all() and (j >= i).all()
+        past_best = j > best[slot]
+        assert past_best.any() != early_stop, (
+            f"early_stop={early_stop}: {past_best.sum()} pairs past the best"
+        )
+        if early_stop:
+            assert (j == best[slot]).any()
+
+
+def test_best_index_ignores_non_finite_and_follows_the_direction():
+    m = np.array([[2.0, np.nan, 1.0, 1.5], [np.inf, 3.0, 5.0, 4.0]])
+    assert best_index(m, higher_is_better=False).tolist() == [2, 1]
+    assert best_index(m, higher_is_better=True).tolist() == [0, 2]

@@ -33,7 +33,7 @@ from gpt_params.evaluate import prompt_alignment
 from gpt_params.export import Exported, save_export
 from gpt_params.model import PRESETS, ModelConfig, ParamDiffusionTransformer, count_parameters
 from gpt_params.normalize import ParamNormalizer
-from gpt_params.pairs import PairConfig, PairStream
+from gpt_params.pairs import PairConfig, PairStream, best_index
 from gpt_params.tasks import get_task
 from gpt_params.zoo_reader import Zoo
 
@@ -64,6 +64,11 @@ class TrainConfig:
     prompt_dropout: float = opt(0.1, "probability of dropping the prompt (classifier-free guidance)")
     init_frac: float = opt(0.25, "fraction of pairs starting at the random init")
     same_frac: float = opt(0.05, "fraction of pairs with no change (j == i)")
+    early_stop: bool = opt(
+        False,
+        "cut each training run at its best checkpoint by the conditioning metric, so the metric improves "
+        "along every pair and a prompt is not reached twice (before and after overfitting)",
+    )
     augment: bool | None = opt(
         None,
         "random hidden-unit permutations of each pair (default: on for the chunk tokenizer, off for neuron, "
@@ -172,7 +177,10 @@ def main() -> None:
             sys.exit(f"diffuse.py: error: --resume given but {str(state_dir)!r} holds no checkpoint")
         acc.load_state(str(ckpts[-1]))
         step = int(ckpts[-1].name.split("-")[1])
-    metric_vals = zoo.metrics[metric][train_rows]
+    metric_vals = zoo.metrics[metric][train_rows]  # (R, K)
+    higher = task.higher_is_better(metric)
+    # where training runs end: their final checkpoint, or their best one with --early-stop
+    last = best_index(metric_vals, higher) if cfg.early_stop else np.full(len(train_rows), zoo.n_ckpts - 1)
     meta = {
         "task": zoo.task,
         "layout": task.layout.to_json(),
@@ -180,7 +188,7 @@ def main() -> None:
         "metric_range": [float(np.nanmin(metric_vals)), float(np.nanmax(metric_vals))],
         # the metric the best 5% of training runs end at: reachable, unlike the zoo's single best value
         "best_prompt": float(
-            np.nanquantile(metric_vals[:, -1], 0.95 if task.higher_is_better(metric) else 0.05)
+            np.nanquantile(metric_vals[np.arange(len(last)), last], 0.95 if higher else 0.05)
         ),
         "zoo": {
             "path": str(zoo.path),
@@ -192,7 +200,16 @@ def main() -> None:
         "n_model_params": count_parameters(acc.unwrap_model(model)),
     }
     augment = mcfg.tokenizer == "chunk" if cfg.augment is None else cfg.augment
-    pair_cfg = PairConfig(metric, cfg.init_frac, cfg.same_frac, cfg.buffer_runs, cfg.refresh_runs, augment)
+    pair_cfg = PairConfig(
+        metric,
+        cfg.init_frac,
+        cfg.same_frac,
+        cfg.buffer_runs,
+        cfg.refresh_runs,
+        augment,
+        early_stop=cfg.early_stop,
+        higher_is_better=higher,
+    )
     stream = PairStream(
         str(zoo.path),
         train_rows,
