@@ -25,7 +25,7 @@ import torch
 from scipy import stats
 
 from gpt_params.optimizer import LearnedOptimizer
-from gpt_params.tasks.cartpole import INIT_SEED, ROLLOUT_SEED, fresh_initial_states
+from gpt_params.tasks.cartpole import ROLLOUT_SEED, fresh_initial_states
 
 
 def mean_ci(per_policy: np.ndarray) -> tuple[float, float, float]:
@@ -110,7 +110,7 @@ def main() -> None:
             f"rollout.py: error: --episodes and --nets must be positive, got {a.episodes}, {a.nets}"
         )
     prompts = a.prompts or [opt.best_prompt]
-    theta0 = torch.stack([task.flatten(task.build(INIT_SEED + i)) for i in range(a.nets)])  # (N, D)
+    theta0 = task.unseen_inits(a.nets)  # (N, D)
     states = fresh_initial_states(a.episodes)
     start = task.episode_returns(theta0, states).mean(1)  # (N,)
     report = {

@@ -20,7 +20,7 @@ from gpt_params.evaluate import achieved_metric, prompt_alignment
 from gpt_params.harvest_rl import n_updates
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.recipes import PPORecipe
-from gpt_params.tasks.cartpole import INIT_SEED, fresh_initial_states
+from gpt_params.tasks.cartpole import fresh_initial_states
 
 
 @dataclass
@@ -57,17 +57,11 @@ class DemoResult:
     curves: dict = field(repr=False)  # label -> (steps (E,), metric (E,)) for the one-step-vs-gradient plot
 
 
-def unseen_inits(opt: LearnedOptimizer, n: int) -> torch.Tensor:
-    """``(n, D)`` random inits from seeds ``INIT_SEED + i``. Harvest run seeds are 31-bit hashes of
-    (harvest seed, run id), so a 5,000-run zoo shares one of these seeds with chance ~2e-6 per init."""
-    return torch.stack([opt.task.flatten(opt.task.build(INIT_SEED + i)) for i in range(n)])
-
-
 def run_model(name: str, cfg: DemoConfig) -> DemoResult:
     opt = LearnedOptimizer.from_pretrained(name)
     task = opt.task
     rl = task.kind == "rl"
-    theta0 = unseen_inits(opt, cfg.rl_nets if rl else cfg.nets)  # (N, D)
+    theta0 = opt.task.unseen_inits(cfg.rl_nets if rl else cfg.nets)  # (N, D)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt.step(theta0[:1], opt.best_prompt, num_inference_steps=cfg.sampler_steps, generator=gen)  # warm-up
     t0 = time.perf_counter()

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from gpt_params.demo import unseen_inits
 from gpt_params.export import WEIGHTS, convert_export, load_export
 from gpt_params.optimizer import PRETRAINED_DIR, LearnedOptimizer, pretrained_names
 
@@ -25,7 +24,7 @@ def test_every_promised_model_is_shipped_within_the_size_budget():
 def test_shipped_model_improves_an_unseen_random_init_in_one_step(name):
     opt = LearnedOptimizer.from_pretrained(name)
     assert opt.exported.meta["task"] == opt.task.name
-    theta0 = unseen_inits(opt, 4)  # (4, D), seeds no harvest uses
+    theta0 = opt.task.unseen_inits(4)  # (4, D), seeds no harvest uses
     new = opt.step(theta0, opt.best_prompt, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(new).all()
     before, after = opt.measure(theta0), opt.measure(new)
@@ -51,7 +50,7 @@ def test_half_precision_export_loads_as_float32_and_samples_like_the_original(tm
     buffers_b = {k: v for k, v in b.model.state_dict().items() if k not in learned}
     torch.testing.assert_close(buffers_b, buffers_a, rtol=0, atol=0)  # kept at full precision
     torch.testing.assert_close(b.normalizer.state(), a.normalizer.state(), rtol=0, atol=0)
-    theta = unseen_inits(LearnedOptimizer(a), 3)
+    theta = LearnedOptimizer(a).task.unseen_inits(3)
     outs = [
         LearnedOptimizer(e).step(
             theta, 0.3, current_loss=[2.3] * 3, generator=torch.Generator().manual_seed(1)

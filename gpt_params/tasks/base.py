@@ -13,6 +13,11 @@ from torch.func import functional_call
 
 from gpt_params.layout import ParamLayout, PermGroup
 
+# first seed of the random inits that evaluations start from (``Task.unseen_inits``). Harvest run
+# seeds are 31-bit hashes of (harvest seed, run id), so a 5,000-run zoo shares one of these seeds with
+# chance ~2e-6 per init.
+INIT_SEED = 7_000_000
+
 
 class Task(ABC):
     """A network architecture plus what it is trained and scored on.
@@ -56,6 +61,10 @@ class Task(ABC):
     @cached_property
     def layout(self) -> ParamLayout:
         return ParamLayout.from_module(self.template)
+
+    def unseen_inits(self, n: int) -> torch.Tensor:
+        """``(n, D)`` random inits from seeds ``INIT_SEED + i`` (see ``INIT_SEED``)."""
+        return torch.stack([self.flatten(self.build(INIT_SEED + i)) for i in range(n)])
 
     def flatten(self, module: nn.Module) -> torch.Tensor:
         return self.layout.flatten(module)

@@ -17,7 +17,6 @@ from gpt_params.tasks.base import Task
 MAX_RETURN = 500.0  # CartPole-v1's episode cap
 EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...
 ROLLOUT_SEED = 50_000  # held-out episodes (evaluation scripts, demo): never used by harvests
-INIT_SEED = 7_000_000  # unseen policy inits for evaluation: far from the harvest's run seeds
 
 
 def fresh_initial_states(episodes: int, first_seed: int = ROLLOUT_SEED) -> np.ndarray:
