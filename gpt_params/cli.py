@@ -197,7 +197,12 @@ def add_optimize_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", help="safetensors state dict to start from instead of a random init")
     p.add_argument("--steps", type=int, default=1, help="recursive G.pt steps")
     p.add_argument("--sampler-steps", type=int, default=5, help="diffusion sampler steps per update")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the model's own, 1 unless its config sets one)",
+    )
     p.add_argument("--samples", type=int, default=1, help="best-of-k candidates kept on the validation split")
     p.add_argument("--out", help="write the updated network's state dict here (safetensors)")
     p.add_argument("--device", help="torch device for the model (default: cpu)")
@@ -275,6 +280,13 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         "--out", required=True, help="directory to write (created; an existing export is replaced)"
     )
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument(
+        "--default-guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale the model samples with when a call names none "
+        "(stored in config.json; default: keep the source's, else 1)",
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -285,7 +297,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if Path(args.out).resolve() == Path(args.run).resolve():
         raise GptParamsError(f"--out {args.out!r} is the source export; choose another directory")
-    out = convert_export(args.run, args.out, getattr(torch, args.dtype))
+    out = convert_export(args.run, args.out, getattr(torch, args.dtype), args.default_guidance)
     size = (out / WEIGHTS).stat().st_size / 2**20
     print(f"{out}: {args.dtype} weights, {size:.1f} MiB")
     return 0

@@ -106,6 +106,7 @@ def run_model(name: str, cfg: DemoConfig) -> DemoResult:
         n_prompts=cfg.prompts,
         achieved_metric=None if rl else metric,
         num_inference_steps=cfg.sampler_steps,
+        guidance_scale=opt.default_guidance,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     return DemoResult(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,8 +120,20 @@ def load_export(path: str | Path, device: str | torch.device | None = None) -> E
     return Exported(model, ParamNormalizer.from_state(tensors), clamp, diffusion, meta_only)
 
 
-def convert_export(src: str | Path, dst: str | Path, weights_dtype: torch.dtype = torch.float16) -> Path:
+def convert_export(
+    src: str | Path,
+    dst: str | Path,
+    weights_dtype: torch.dtype = torch.float16,
+    default_guidance: float | None = None,
+) -> Path:
     """Copy the export ``src`` to ``dst`` with its learned weights stored as ``weights_dtype``
-    (how shipped models are made: ``gpt-params export runs/X --out gpt_params/pretrained/NAME``)."""
+    (how shipped models are made: ``gpt-params export runs/X --out gpt_params/pretrained/NAME``).
+    ``default_guidance`` sets the classifier-free guidance scale the model samples with when a call
+    names none (stored in the config; 1 when absent)."""
     exp = load_export(src)
-    return save_export(dst, exp.model, exp.normalizer, exp.clamp, exp.diffusion, exp.meta, weights_dtype)
+    meta = dict(exp.meta)
+    if default_guidance is not None:
+        if not math.isfinite(default_guidance) or default_guidance <= 0:
+            raise GptParamsError(f"default guidance must be a finite number > 0, got {default_guidance!r}")
+        meta["default_guidance"] = float(default_guidance)
+    return save_export(dst, exp.model, exp.normalizer, exp.clamp, exp.diffusion, meta, weights_dtype)

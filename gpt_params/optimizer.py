@@ -66,6 +66,9 @@ class LearnedOptimizer:
         lo, hi = exported.meta["metric_range"]
         self.metric_range: tuple[float, float] = (float(lo), float(hi))
         self.best_prompt: float = float(exported.meta["best_prompt"])
+        # guidance used when a call names none: 1 unless the export sets one (``gpt-params export
+        # --default-guidance``), e.g. 2 for CartPole, where it lifts the best step's return
+        self.default_guidance: float = float(exported.meta.get("default_guidance", 1.0))
         self.last_report: StepReport | None = None
 
     @classmethod
@@ -103,7 +106,7 @@ class LearnedOptimizer:
         *,
         current_loss: float | Sequence[float] | torch.Tensor | None = None,
         num_inference_steps: int = 5,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         num_samples: int = 1,
         generator: torch.Generator | None = None,
         target_error: float | Sequence[float] | torch.Tensor | None = None,
@@ -116,6 +119,7 @@ class LearnedOptimizer:
         ``current_loss`` (the model's metric of ``params``) is measured on the validation split
         (or by seeded rollouts) when omitted. ``num_samples > 1`` draws that many candidates per network
         and keeps the one with the best validation metric; :attr:`last_report` holds the costs.
+        ``guidance_scale`` defaults to the model's :attr:`default_guidance`.
         """
         theta, rebuild = self._to_batch(params)  # (B, D)
         prompt = self._prompt(target_loss, target_error, target_return, len(theta))
@@ -132,7 +136,7 @@ class LearnedOptimizer:
         *,
         current_loss: float | Sequence[float] | torch.Tensor | None = None,
         num_inference_steps: int = 5,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         num_samples: int = 1,
         generator: torch.Generator | None = None,
         target_error: float | Sequence[float] | torch.Tensor | None = None,
@@ -179,10 +183,12 @@ class LearnedOptimizer:
         prompt: torch.Tensor,
         current_loss,
         num_inference_steps: int,
-        guidance_scale: float,
+        guidance_scale: float | None,
         num_samples: int,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance
         if not isinstance(num_samples, int) or num_samples < 1:
             raise GptParamsError(f"num_samples must be a positive integer, got {num_samples!r}")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:

@@ -1,9 +1,14 @@
 """The shipped models: present, small enough, loadable by name, and each improves an unseen init."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
+from gpt_params.errors import GptParamsError
 from gpt_params.export import WEIGHTS, convert_export, load_export
 from gpt_params.optimizer import PRETRAINED_DIR, LearnedOptimizer, pretrained_names
 
@@ -58,3 +63,36 @@ def test_half_precision_export_loads_as_float32_and_samples_like_the_original(tm
         for e in (a, b)
     ]
     torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=5e-3)
+
+
+def test_default_guidance_is_stored_by_export_and_used_when_a_call_names_none(tmp_path):
+    src = tiny_export(tmp_path / "src", "digits-mlp", "val_loss", (0.1, 2.4), 0.2, std=0.05)
+    dst = convert_export(src, tmp_path / "g2", torch.float32, default_guidance=2.0)
+    plain, guided = LearnedOptimizer.from_pretrained(src), LearnedOptimizer.from_pretrained(dst)
+    assert plain.default_guidance == 1.0 and guided.default_guidance == 2.0
+    theta = plain.task.unseen_inits(2)
+
+    def step(opt, **kw):
+        return opt.step(theta, 0.3, current_loss=[2.3, 2.3], generator=torch.Generator().manual_seed(0), **kw)
+
+    torch.testing.assert_close(step(guided), step(plain, guidance_scale=2.0), rtol=0, atol=0)
+    torch.testing.assert_close(step(guided, guidance_scale=1.0), step(plain), rtol=0, atol=0)
+    assert not torch.equal(step(guided), step(plain))
+    with pytest.raises(GptParamsError, match="default guidance must be a finite number > 0, got -1"):
+        convert_export(src, tmp_path / "bad", torch.float32, default_guidance=-1.0)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_export_cli_sets_dtype_and_default_guidance_and_rejects_bad_values_in_one_line(tmp_path):
+    src = tiny_export(tmp_path / "src", "digits-mlp", "val_loss", (0.1, 2.4), 0.2)
+
+    def cli(*args):
+        cmd = [sys.executable, "-m", "gpt_params.cli", "export", str(src), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    ok = cli("--out", str(tmp_path / "g2"), "--default-guidance", "2")
+    assert ok.returncode == 0, ok.stderr
+    meta = json.loads((tmp_path / "g2" / "config.json").read_text())
+    assert meta["default_guidance"] == 2.0 and meta["weights_dtype"] == "float16"
+    bad = cli("--out", str(tmp_path / "nan"), "--default-guidance", "nan")
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "got nan" in bad.stderr
