@@ -105,7 +105,7 @@ class PairStream(IterableDataset):
         slot = g.integers(0, self.n_slots, b)
         # last usable checkpoint of each pair's run: the final one, or the best one with early stopping
         last = (
-            best_index(metric, self.cfg.higher_is_better)[slot] if self.cfg.early_stop else np.full(b, k - 1)
+            best_index(metric[slot], self.cfg.higher_is_better) if self.cfg.early_stop else np.full(b, k - 1)
         )
         i = np.where(g.random(b) < self.cfg.init_frac, 0, np.floor(g.random(b) * (last + 1)).astype(np.int64))
         later = i + 1 + np.floor(g.random(b) * (last - i)).astype(np.int64)  # uniform over i+1 .. last
