@@ -24,7 +24,7 @@ import torch
 
 from gpt_params.baselines import seconds_per_step, steps_to_reach, train_curves
 from gpt_params.errors import ZooError
-from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.optimizer import COMBINE, LearnedOptimizer
 from gpt_params.plots import draw_vs_gradient
 from gpt_params.zoo_reader import Zoo
 
@@ -39,7 +39,10 @@ def main() -> None:
     )
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--sampler-steps", type=int, default=5)
-    p.add_argument("--samples", type=int, default=1, help="best-of-k candidates on the validation split")
+    p.add_argument("--samples", type=int, default=1, help="candidates per net (see --combine)")
+    p.add_argument(
+        "--combine", choices=COMBINE, default="best", help="best-of-k on validation, or their mean"
+    )
     p.add_argument("--max-steps", type=int, default=3000, help="gradient steps per baseline run")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
@@ -67,7 +70,7 @@ def main() -> None:
     t0 = time.perf_counter()
     new = opt.step(
         theta0, prompt, num_inference_steps=a.sampler_steps, guidance_scale=a.guidance,
-        num_samples=a.samples, generator=torch.Generator().manual_seed(a.seed),
+        num_samples=a.samples, combine=a.combine, generator=torch.Generator().manual_seed(a.seed),
     )  # fmt: skip
     gpt_seconds = (time.perf_counter() - t0) / len(rows)
     gpt = task.evaluate(new, splits=("val", "test"))
@@ -82,6 +85,7 @@ def main() -> None:
             "seconds_per_net": gpt_seconds,
             "seconds_per_net_includes": "measuring the start loss on validation, sampling, best-of-k selection",
             "samples": a.samples,
+            "combine": a.combine,
             "start_test_loss_median": float(np.median(start["test_loss"])),
             **{f"{k}_median": float(np.median(v)) for k, v in gpt.items()},
         },

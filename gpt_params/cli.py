@@ -203,7 +203,13 @@ def add_optimize_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="classifier-free guidance scale (default: the model's own, 1 unless its config sets one)",
     )
-    p.add_argument("--samples", type=int, default=1, help="best-of-k candidates kept on the validation split")
+    p.add_argument("--samples", type=int, default=1, help="candidates drawn per update (see --combine)")
+    p.add_argument(
+        "--combine",
+        choices=("best", "mean"),  # optimizer.COMBINE (not imported: the parser loads no torch)
+        default="best",
+        help="with --samples > 1: keep the best candidate on the validation split, or average them",
+    )
     p.add_argument("--out", help="write the updated network's state dict here (safetensors)")
     p.add_argument("--device", help="torch device for the model (default: cpu)")
     p.set_defaults(func=cmd_optimize)
@@ -245,6 +251,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         num_inference_steps=args.sampler_steps,
         guidance_scale=args.guidance,
         num_samples=args.samples,
+        combine=args.combine,
         generator=torch.Generator().manual_seed(args.seed),
     )
     seconds = time.perf_counter() - t0
@@ -416,10 +423,17 @@ def demo_table(results) -> str:
     return "\n".join(table)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (argparse prints the whole usage block first); subcommands inherit it."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gpt_params import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="gpt-params", description="Checkpoint zoos and learned one-step optimizers (G.pt)."
     )
     parser.add_argument("--version", action="version", version=f"gpt-params {__version__}")

@@ -43,7 +43,9 @@ class HarvestConfig:
     ckpts_per_run: int = opt(
         50, "checkpoints kept per run: step 0, the final step and log-spaced steps between"
     )
-    preset: str = opt("varied", "supervised: gpt or varied; cartpole: ppo or varied (see gpt_params.recipes)")
+    preset: str = opt(
+        "varied", "supervised: gpt, adam or varied; cartpole: ppo or varied (see gpt_params.recipes)"
+    )
     seed: int = opt(0, "harvest seed; run r's seed and hyperparameters derive from (seed, r)")
     cohort_size: int = opt(250, "runs trained and committed together (a crash loses at most one cohort)")
     epochs: int | None = opt(None, "supervised: override the preset's epochs")

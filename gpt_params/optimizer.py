@@ -30,6 +30,7 @@ from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+COMBINE = ("best", "mean")  # what ``num_samples > 1`` candidates become: the best one, or their average
 
 
 def pretrained_names() -> tuple[str, ...]:
@@ -44,7 +45,8 @@ class StepReport:
     """What the last :meth:`LearnedOptimizer.step` cost and measured."""
 
     networks: int
-    num_samples: int  # candidates drawn per network (best-of-k when > 1)
+    num_samples: int  # candidates drawn per network (best-of-k or their mean when > 1)
+    combine: str  # "best" or "mean"
     sample_seconds: float  # diffusion sampling, all candidates
     select_seconds: float  # evaluating candidates on the validation split (0 when num_samples == 1)
     measure_seconds: float  # measuring ``current_loss`` when it was not given
@@ -108,6 +110,7 @@ class LearnedOptimizer:
         num_inference_steps: int = 5,
         guidance_scale: float | None = None,
         num_samples: int = 1,
+        combine: str = "best",
         generator: torch.Generator | None = None,
         target_error: float | Sequence[float] | torch.Tensor | None = None,
         target_return: float | Sequence[float] | torch.Tensor | None = None,
@@ -118,13 +121,15 @@ class LearnedOptimizer:
         ``target_return`` are aliases accepted when the model's metric is an error or a return.
         ``current_loss`` (the model's metric of ``params``) is measured on the validation split
         (or by seeded rollouts) when omitted. ``num_samples > 1`` draws that many candidates per network
-        and keeps the one with the best validation metric; :attr:`last_report` holds the costs.
+        and, with ``combine="best"``, keeps the one with the best validation metric, or with
+        ``combine="mean"`` returns their average (the sampler's estimate of the mean update, which
+        measures nothing); :attr:`last_report` holds the costs.
         ``guidance_scale`` defaults to the model's :attr:`default_guidance`.
         """
         theta, rebuild = self._to_batch(params)  # (B, D)
         prompt = self._prompt(target_loss, target_error, target_return, len(theta))
         out = self._step(
-            theta, prompt, current_loss, num_inference_steps, guidance_scale, num_samples, generator
+            theta, prompt, current_loss, num_inference_steps, guidance_scale, num_samples, combine, generator
         )
         return rebuild(out)
 
@@ -138,6 +143,7 @@ class LearnedOptimizer:
         num_inference_steps: int = 5,
         guidance_scale: float | None = None,
         num_samples: int = 1,
+        combine: str = "best",
         generator: torch.Generator | None = None,
         target_error: float | Sequence[float] | torch.Tensor | None = None,
         target_return: float | Sequence[float] | torch.Tensor | None = None,
@@ -156,6 +162,7 @@ class LearnedOptimizer:
                 num_inference_steps,
                 guidance_scale,
                 num_samples,
+                combine,
                 generator,
             )
         return rebuild(theta)
@@ -185,12 +192,15 @@ class LearnedOptimizer:
         num_inference_steps: int,
         guidance_scale: float | None,
         num_samples: int,
+        combine: str,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         if guidance_scale is None:
             guidance_scale = self.default_guidance
         if not isinstance(num_samples, int) or num_samples < 1:
             raise GptParamsError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if combine not in COMBINE:
+            raise GptParamsError(f"combine must be one of {COMBINE}, got {combine!r}")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise GptParamsError(
                 f"num_inference_steps must be a positive integer, got {num_inference_steps!r}"
@@ -215,7 +225,9 @@ class LearnedOptimizer:
         ).reshape(b, num_samples, -1)  # (B, k, D)
         t2 = time.perf_counter()
         metrics = None
-        if num_samples > 1:
+        if num_samples > 1 and combine == "mean":
+            out = out.mean(1)  # (B, D)
+        elif num_samples > 1:
             metrics = self._measure(out.reshape(b * num_samples, -1)).reshape(b, num_samples)
             out = out[torch.arange(b), torch.as_tensor(self._better(metrics))]  # (B, D)
         else:
@@ -223,6 +235,7 @@ class LearnedOptimizer:
         self.last_report = StepReport(
             networks=b,
             num_samples=num_samples,
+            combine=combine,
             sample_seconds=t2 - t1,
             select_seconds=time.perf_counter() - t2,
             measure_seconds=t1 - t0 if current_loss is None else 0.0,

@@ -4,6 +4,8 @@ Supervised presets:
 
 * ``gpt``: G.pt's fixed recipe. SGD with Nesterov momentum 0.9, lr 0.1 with cosine decay to 0,
   weight decay 5e-4, batch 128, 25 epochs. Runs differ only by seed (init and data order).
+* ``adam``: one fixed Adam recipe, the optimizer G.pt's updates are compared with: lr 1e-3 with
+  cosine decay to 0, no weight decay, batch 128, 25 epochs. Runs differ only by seed.
 * ``varied``: each run draws its optimizer and hyperparameters; each cohort (the runs trained
   together) draws one batch size and length, since runs trained in one batched program share those.
 
@@ -32,7 +34,7 @@ import torch
 
 from gpt_params.errors import TaskError
 
-SUPERVISED_PRESETS = ("gpt", "varied")
+SUPERVISED_PRESETS = ("gpt", "adam", "varied")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "lion")
 _LR_RANGE = {
     "sgd": (0.01, 0.3),
@@ -71,6 +73,8 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 def run_recipe(preset: str, rng: np.random.Generator) -> RunRecipe:
     if preset == "gpt":
         return RunRecipe("sgd", 0.1, 5e-4, "cosine")
+    if preset == "adam":
+        return RunRecipe("adam", 1e-3, 0.0, "cosine")
     if preset == "varied":
         opt = OPTIMIZERS[rng.integers(len(OPTIMIZERS))]
         lr = _log_uniform(rng, *_LR_RANGE[opt])
@@ -84,7 +88,7 @@ def run_recipe(preset: str, rng: np.random.Generator) -> RunRecipe:
 
 
 def cohort_shape(preset: str, rng: np.random.Generator) -> CohortShape:
-    if preset == "gpt":
+    if preset in ("gpt", "adam"):
         return CohortShape(128, 25)
     if preset == "varied":
         return CohortShape(int(rng.choice([64, 128, 256])), int(rng.choice([5, 10, 15, 20, 25])))

@@ -80,6 +80,19 @@ def test_recorded_metrics_are_full_split_evaluations(tmp_path):
     assert zoo.metrics["val_loss"][:, -1].mean() < zoo.metrics["val_loss"][:, 0].mean()  # training helped
 
 
+@pytest.mark.parametrize("preset,optimizer,lr", [("gpt", "sgd", 0.1), ("adam", "adam", 1e-3)])
+def test_fixed_presets_train_every_run_with_one_recipe(tmp_path, preset, optimizer, lr):
+    cfg = tiny(tmp_path, preset=preset, runs=4, epochs=4)
+    harvest(cfg)
+    zoo = Zoo(cfg.out)
+    assert {(h["optimizer"], h["lr"], h["schedule"], h["batch_size"]) for h in zoo.hparams} == {
+        (optimizer, lr, "cosine", 128)
+    }
+    assert len(set(zoo.seed.tolist())) == zoo.n_runs  # runs differ by seed only
+    val = zoo.metrics["val_loss"]
+    assert (val[:, -1] < val[:, 0]).all() and (val[:, -1] < val[:, 1]).all()  # every run trains
+
+
 def test_harvest_is_deterministic_and_rerun_resumes_without_duplicates(tmp_path):
     a, b = tiny(tmp_path, "a.h5"), tiny(tmp_path, "b.h5")
     harvest(a)

@@ -94,6 +94,19 @@ def test_best_of_k_keeps_the_best_candidate_and_reports_cost(opt):
     assert report.select_seconds > 0 and report.seconds >= report.sample_seconds
 
 
+def test_mean_of_k_averages_the_candidates_best_of_k_would_choose_from(opt):
+    net = opt.task.build(4)
+    theta = opt.task.flatten(net)
+    cands = opt.step(theta.expand(4, -1), 0.2, current_loss=1.0, generator=gen(2))  # (4, D)
+    mean = opt.step(theta, 0.2, current_loss=1.0, num_samples=4, combine="mean", generator=gen(2))
+    torch.testing.assert_close(mean, cands.mean(0))
+    assert not torch.allclose(cands[0], cands[1])  # distinct candidates: the mean is not a copy of one
+    report = opt.last_report
+    assert report.combine == "mean" and report.candidate_metrics is None
+    with pytest.raises(GptParamsError, match="combine must be one of .*'median'"):
+        opt.step(theta, 0.2, num_samples=2, combine="median")
+
+
 def test_recursive_prompting_applies_several_steps(opt):
     net = opt.task.build(5)
     one = opt.optimize(net, 0.5, steps=1, generator=gen(3))
@@ -208,6 +221,7 @@ def test_cli_optimize_writes_a_loadable_network(tmp_path, export_dir):
         (["--out", "x.pt"], "must end in .safetensors"),
         (["--init", "missing.safetensors"], "does not exist"),
         (["--steps", "0"], "steps must be a positive integer"),
+        (["--combine", "median"], "invalid choice: 'median'"),  # argparse's own errors: one line too
     ],
 )
 def test_cli_optimize_bad_input_is_one_line(export_dir, args, match):
