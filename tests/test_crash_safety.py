@@ -4,6 +4,7 @@ completes it to exactly the uninterrupted result, and readers never see a half-w
 import random
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -20,6 +21,10 @@ def _cli(out):
     for k, v in ARGS.items():
         flags += [f"--{k.replace('_', '-')}", str(v)]
     return [sys.executable, "-m", "gpt_params.cli", "harvest", *flags, "--out", str(out)]
+
+
+def _n_parts(out) -> int:
+    return len(list(out.with_name(out.name + ".parts").glob("cohort-*.h5")))
 
 
 def _check_consistent(out):
@@ -42,18 +47,24 @@ def test_sigkilled_harvest_resumes_to_the_uninterrupted_result(tmp_path):
     out = tmp_path / "killed.h5"
     rng = random.Random(0)
     kills, finished = 0, False
-    for attempt in range(12):
+    for _ in range(12):
         proc = subprocess.Popen(_cli(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            # startup (imports) takes a few seconds; kill somewhere in the harvest that follows
-            proc.wait(timeout=2.0 + 0.5 * attempt + rng.uniform(0.0, 1.5))
+        # kill 0-50 ms after the next cohort lands (in the index rebuild, the next cohort's training
+        # or its part write): driven by progress on disk, not by a guess of the start-up time, so
+        # kills happen however fast or loaded the machine is
+        landed = _n_parts(out)
+        give_up = time.monotonic() + 120
+        while proc.poll() is None and _n_parts(out) == landed and time.monotonic() < give_up:
+            time.sleep(0.02)
+        if proc.poll() is None:
+            time.sleep(rng.uniform(0.0, 0.05))
+        if proc.poll() is not None:
             assert proc.returncode == 0
             finished = True
             break
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            kills += 1
+        proc.kill()
+        proc.wait()
+        kills += 1
         _check_consistent(out)
     if not finished:
         assert subprocess.run(_cli(out), capture_output=True).returncode == 0
