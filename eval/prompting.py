@@ -10,6 +10,7 @@ starting metric; R^2 of achieved vs prompted per net, averaged), and one step (t
 steps, each fed its own output and measured metric) prompted for the best metric. Supervised
 results are measured on the test images although the model was conditioned on validation loss.
 ``--init-scale 2`` (say) scales those inits, an out-of-distribution test of inits the zoo never had.
+``--split val`` takes the inits from val-split runs instead: choose settings there, score on test.
 Writes a JSON report and a desired-vs-observed plot (PNG) next to the model unless told otherwise.
 """
 
@@ -42,6 +43,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="export directory or shipped model name")
     p.add_argument("--zoo", required=True, help="zoo whose test-split runs give the unseen inits")
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="runs whose inits are used: test (scores) or val (to choose settings before scoring)",
+    )
     p.add_argument("--nets", type=int, default=32, help="unseen networks (G.pt: at least 32)")
     p.add_argument("--prompts", type=int, default=20, help="prompts per network")
     p.add_argument("--samplers", nargs="+", default=["ddim:5"], help="sampler:steps, e.g. ddim:5 ddpm:1000")
@@ -74,7 +81,7 @@ def main() -> None:
             f"prompting.py: error: zoo {a.zoo!r} is a {zoo.task!r} zoo; the model is for {task.name!r}"
         )
     try:
-        rows = zoo.unseen_runs(a.nets)
+        rows = zoo.unseen_runs(a.nets, a.split)
     except ZooError as e:
         raise SystemExit(f"prompting.py: error: {e}") from None
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D) unseen inits
@@ -87,6 +94,7 @@ def main() -> None:
         "model": str(a.model),
         "zoo": a.zoo,
         "nets": len(rows),
+        "split": a.split,
         "prompts": a.prompts,
         "metric": exp.meta["metric"],
         "achieved_metric": achieved,

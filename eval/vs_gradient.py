@@ -2,7 +2,8 @@
 
     python eval/vs_gradient.py --model runs/mnist-mlp-loss --zoo data/mnist-mlp-gpt5k.h5 --nets 32
 
-For ``--nets`` test-split initialisations the model never saw: one G.pt step prompted for the
+For ``--nets`` test-split initialisations the model never saw (``--split val``: val-split ones, to
+choose sampler settings before scoring them on test): one G.pt step prompted for the
 model's best metric (``--prompt`` overrides), then Adam and SGD (momentum 0.9) from the same inits,
 batch 128, each learning rate of a small grid. The learning rate kept per optimizer is the one that
 reaches the G.pt step's *validation* loss in the fewest steps (median over nets); the report gives,
@@ -33,6 +34,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="export directory or shipped model name")
     p.add_argument("--zoo", required=True, help="zoo whose test-split runs give the unseen inits")
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="runs whose inits are used: test (scores) or val (to choose settings before scoring)",
+    )
     p.add_argument("--nets", type=int, default=32)
     p.add_argument(
         "--prompt", type=float, default=None, help="prompted metric (default: the model's best prompt)"
@@ -60,7 +67,7 @@ def main() -> None:
         )
     zoo = Zoo(a.zoo)
     try:
-        rows = zoo.unseen_runs(a.nets)
+        rows = zoo.unseen_runs(a.nets, a.split)
     except ZooError as e:
         raise SystemExit(f"vs_gradient.py: error: {e}") from None
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
@@ -79,6 +86,7 @@ def main() -> None:
         "model": str(a.model),
         "zoo": a.zoo,
         "nets": len(rows),
+        "split": a.split,
         "prompt": prompt,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "gpt": {

@@ -63,11 +63,16 @@ class Zoo:
             raise ZooError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
         return np.flatnonzero(self.split == SPLIT_NAMES.index(split))
 
-    def unseen_runs(self, n: int) -> np.ndarray:
-        """The first ``n`` test-split rows: networks no model trained on this zoo has seen."""
-        rows = self.runs("test")[:n]
+    def unseen_runs(self, n: int, split: str = "test") -> np.ndarray:
+        """The first ``n`` rows of ``split``: networks no model trained on this zoo has seen. ``"test"``
+        for scores; ``"val"`` (runs only watched during training) to choose settings before them."""
+        if split not in ("test", "val"):
+            raise ZooError(f"unseen runs come from the 'test' or 'val' split, not {split!r}")
+        rows = self.runs(split)[:n]
         if n < 1 or len(rows) == 0:
-            raise ZooError(f"{str(self.path)!r} has {len(self.runs('test'))} test-split runs; asked for {n}")
+            raise ZooError(
+                f"{str(self.path)!r} has {len(self.runs(split))} {split}-split runs; asked for {n}"
+            )
         return rows
 
     def _file(self) -> h5py.File:

@@ -93,6 +93,22 @@ def test_fixed_presets_train_every_run_with_one_recipe(tmp_path, preset, optimiz
     assert (val[:, -1] < val[:, 0]).all() and (val[:, -1] < val[:, 1]).all()  # every run trains
 
 
+def test_unseen_runs_come_from_the_test_or_the_val_split_only(tmp_path):
+    cfg = tiny(tmp_path, runs=40, epochs=1, ckpts_per_run=2)
+    harvest(cfg)
+    zoo = Zoo(cfg.out)
+    for code, split in enumerate(("train", "val", "test")):
+        if split == "train":
+            with pytest.raises(ZooError, match="not 'train'"):
+                zoo.unseen_runs(2, split)
+        elif len(zoo.runs(split)):
+            rows = zoo.unseen_runs(3, split)
+            assert len(rows) == min(3, len(zoo.runs(split))) and set(zoo.split[rows]) == {code}
+        else:
+            with pytest.raises(ZooError, match=f"0 {split}-split runs"):
+                zoo.unseen_runs(3, split)
+
+
 def test_harvest_is_deterministic_and_rerun_resumes_without_duplicates(tmp_path):
     a, b = tiny(tmp_path, "a.h5"), tiny(tmp_path, "b.h5")
     harvest(a)
