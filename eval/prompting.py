@@ -42,7 +42,9 @@ def parse_sampler(spec: str) -> tuple[str, int]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="export directory or shipped model name")
-    p.add_argument("--zoo", required=True, help="zoo whose test-split runs give the unseen inits")
+    p.add_argument(
+        "--zoo", required=True, help="zoo whose test-split (or --split) runs give the unseen inits"
+    )
     p.add_argument(
         "--split",
         choices=("test", "val"),

@@ -33,7 +33,9 @@ from gpt_params.zoo_reader import Zoo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="export directory or shipped model name")
-    p.add_argument("--zoo", required=True, help="zoo whose test-split runs give the unseen inits")
+    p.add_argument(
+        "--zoo", required=True, help="zoo whose test-split (or --split) runs give the unseen inits"
+    )
     p.add_argument(
         "--split",
         choices=("test", "val"),
