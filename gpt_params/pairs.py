@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from gpt_params.errors import GptParamsError
 from gpt_params.layout import ParamLayout, PermGroup, permute, random_perms
 from gpt_params.normalize import ParamNormalizer, normalize_metric
 from gpt_params.zoo_reader import Zoo
@@ -27,6 +28,10 @@ class PairConfig:
     metric: str = "val_loss"  # conditioning metric (validation, never test)
     init_frac: float = 0.25  # fraction of pairs that start at the random init (step 0)
     same_frac: float = 0.05  # fraction of pairs with j == i, so "stay where you are" is a prompt it knows
+    # how the later end j is drawn among i+1 .. last: j = i + 1 + floor(u ** (1 / late_bias) * (last - i)),
+    # u uniform; 1 is uniform, 2 makes the last tenth of a run's checkpoints about twice as frequent
+    # (log-spaced checkpoints crowd the start of a run, where the loss is high)
+    late_bias: float = 1.0
     buffer_runs: int = 512  # runs held in memory
     refresh_runs: int = 8  # buffer slots refilled per step
     augment: bool = True  # random hidden-unit permutation, the same for both ends of a pair
@@ -35,6 +40,13 @@ class PairConfig:
     # falls and rises again as a run overfits is reached twice, by different networks)
     early_stop: bool = False
     higher_is_better: bool = False  # direction of ``metric`` (for ``early_stop``)
+
+    def __post_init__(self) -> None:
+        for name in ("init_frac", "same_frac"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise GptParamsError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not self.late_bias > 0:
+            raise GptParamsError(f"late_bias must be positive (1 = uniform), got {self.late_bias}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +120,8 @@ class PairStream(IterableDataset):
             best_index(metric[slot], self.cfg.higher_is_better) if self.cfg.early_stop else np.full(b, k - 1)
         )
         i = np.where(g.random(b) < self.cfg.init_frac, 0, np.floor(g.random(b) * (last + 1)).astype(np.int64))
-        later = i + 1 + np.floor(g.random(b) * (last - i)).astype(np.int64)  # uniform over i+1 .. last
+        u = g.random(b) ** (1.0 / self.cfg.late_bias)  # late_bias 1: uniform over i+1 .. last
+        later = i + 1 + np.floor(u * (last - i)).astype(np.int64)
         j = np.where((g.random(b) < self.cfg.same_frac) | (i == last), i, later)
         start = torch.from_numpy(params[slot, i])  # (B, D)
         future = torch.from_numpy(params[slot, j])  # (B, D)

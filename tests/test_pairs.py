@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from gpt_params.errors import GptParamsError
 from gpt_params.harvest import HarvestConfig, harvest
 from gpt_params.normalize import ParamNormalizer, denormalize_metric, normalize_metric
 from gpt_params.pairs import PairConfig, PairStream, best_index
@@ -77,6 +78,27 @@ def test_init_fraction_is_respected(zoo):
     batches = first(stream(zoo, init_frac=1.0), 2)
     inits = {tuple(zoo.params(int(r))[0][:5]) for r in zoo.runs("train")}
     assert all(tuple(s[:5].tolist()) in inits for b in batches for s in b["theta_start"].numpy())
+
+
+def later_ends(zoo, **kw):
+    """The checkpoint index of every pair's later end over 3 batches that all start at the init."""
+    train = zoo.runs("train")
+    out = []
+    for b in first(stream(zoo, init_frac=1.0, same_frac=0.0, **kw), 3):
+        for s, f in zip(b["theta_start"].numpy(), b["theta_future"].numpy(), strict=True):
+            out.append(find_pair(zoo, train, s, f)[2])
+    return np.array(out)
+
+
+def test_late_bias_draws_later_checkpoints_and_bad_fractions_are_refused(zoo):
+    uniform, late = later_ends(zoo), later_ends(zoo, late_bias=3.0)
+    assert uniform.min() >= 1 and late.min() >= 1 and late.max() <= zoo.n_ckpts - 1
+    # 5 later checkpoints: uniform gives the last one 1/5 of the pairs, late_bias 3 gives it 1 - 0.8^3
+    assert abs(np.mean(uniform == zoo.n_ckpts - 1) - 0.2) < 0.1
+    assert abs(np.mean(late == zoo.n_ckpts - 1) - 0.488) < 0.1
+    for bad in ({"late_bias": 0.0}, {"init_frac": 1.5}):
+        with pytest.raises(GptParamsError, match=next(iter(bad))):
+            stream(zoo, **bad)
 
 
 def test_augmentation_permutes_both_ends_alike_and_keeps_the_function(zoo):

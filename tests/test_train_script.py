@@ -95,6 +95,13 @@ def test_bad_zoo_is_a_one_line_error(tmp_path):
     assert res.returncode != 0 and "none.h5" in res.stderr and res.stderr.strip().count("\n") == 0
 
 
+def test_bad_pair_option_is_a_one_line_error(zoo, tmp_path):
+    args = [SCRIPT, "--zoo", str(zoo), "--out", str(tmp_path / "m"), "--late-bias", "-1", *TINY]
+    res = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and res.stderr.strip().count("\n") == 0
+    assert "--late-bias must be positive" in res.stderr and "-1" in res.stderr
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_trains_on_cuda_and_samples_there(zoo, tmp_path, precision):

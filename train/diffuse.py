@@ -64,6 +64,10 @@ class TrainConfig:
     prompt_dropout: float = opt(0.1, "probability of dropping the prompt (classifier-free guidance)")
     init_frac: float = opt(0.25, "fraction of pairs starting at the random init")
     same_frac: float = opt(0.05, "fraction of pairs with no change (j == i)")
+    late_bias: float = opt(
+        1.0,
+        "draw a pair's later checkpoint as i+1+floor(u^(1/late_bias)*(last-i)): 1 uniform, >1 favours late ones",
+    )
     early_stop: bool = opt(
         False,
         "cut each training run at its best checkpoint by the conditioning metric, so the metric improves "
@@ -200,16 +204,20 @@ def main() -> None:
         "n_model_params": count_parameters(acc.unwrap_model(model)),
     }
     augment = mcfg.tokenizer == "chunk" if cfg.augment is None else cfg.augment
-    pair_cfg = PairConfig(
-        metric,
-        cfg.init_frac,
-        cfg.same_frac,
-        cfg.buffer_runs,
-        cfg.refresh_runs,
-        augment,
-        early_stop=cfg.early_stop,
-        higher_is_better=higher,
-    )
+    try:
+        pair_cfg = PairConfig(
+            metric,
+            init_frac=cfg.init_frac,
+            same_frac=cfg.same_frac,
+            late_bias=cfg.late_bias,
+            buffer_runs=cfg.buffer_runs,
+            refresh_runs=cfg.refresh_runs,
+            augment=augment,
+            early_stop=cfg.early_stop,
+            higher_is_better=higher,
+        )
+    except GptParamsError as e:
+        sys.exit(f"diffuse.py: error: --{str(e).replace('_', '-')}")
     stream = PairStream(
         str(zoo.path),
         train_rows,
