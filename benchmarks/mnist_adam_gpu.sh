@@ -7,6 +7,7 @@
 # summary to $OUT/summary.json (default runs/mnist-adam-gpu).
 #
 #   SHARDS=16 MINUTES=3.5 OUT=runs/mnist-adam-gpu bash benchmarks/mnist_adam_gpu.sh
+#   LATE_BIASES="2 3 4" MINUTES=2 OUT=runs/mnist-adam-gpu-late bash benchmarks/mnist_adam_gpu.sh
 set -euo pipefail
 RUNS=${RUNS:-5000}; SHARDS=${SHARDS:-16}; MINUTES=${MINUTES:-3.5}; NETS=${NETS:-32}
 OUT=${OUT:-runs/mnist-adam-gpu}; PY=${PYTHON:-python3}; EVAL_LIMIT=${EVAL_LIMIT:-200}; DEVICE=${DEVICE:-cuda}
@@ -17,6 +18,10 @@ declare -A VARIANTS=(
   [small-b256-late2-bf16]="--preset small --batch-size 256 --late-bias 2 --mixed-precision bf16"
   [small-b1024-late2-bf16]="--preset small --batch-size 1024 --late-bias 2 --mixed-precision bf16"
 )
+if [[ -n ${LATE_BIASES:-} ]]; then  # instead: batch 256, fp32, one variant per late bias
+  VARIANTS=()
+  for b in $LATE_BIASES; do VARIANTS[small-b256-late$b]="--preset small --batch-size 256 --late-bias $b"; done
+fi
 mkdir -p "$OUT" data
 SECONDS=0
 pids=()
