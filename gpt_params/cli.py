@@ -106,7 +106,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
 
 def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("zoo", help="inspect and merge checkpoint zoos")
-    zsub = p.add_subparsers(dest="zoo_cmd", required=True, metavar="{info,merge}")
+    zsub = p.add_subparsers(dest="zoo_cmd", required=True, metavar="{info,merge,relabel}")
     info = zsub.add_parser("info", help="runs, metric ranges and parameter statistics of a zoo")
     info.add_argument("file", help="zoo file (.h5)")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -124,6 +124,12 @@ def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
         help="write an HDF5 virtual dataset over the inputs instead of copying",
     )
     merge.set_defaults(func=cmd_zoo_merge)
+    relabel = zsub.add_parser(
+        "relabel",
+        help="score every checkpoint of a harvest for the metrics its task records now but the zoo lacks",
+    )
+    relabel.add_argument("file", help="harvest index file (.h5, with its .parts/ beside it)")
+    relabel.set_defaults(func=cmd_zoo_relabel)
 
 
 def _format_summary(s: dict) -> str:
@@ -178,6 +184,29 @@ def cmd_zoo_merge(args: argparse.Namespace) -> int:
 
     n = merge(args.inputs, args.out, virtual=args.virtual)
     print(f"{args.out}: {n} runs from {len(args.inputs)} inputs" + (" (virtual)" if args.virtual else ""))
+    return 0
+
+
+def cmd_zoo_relabel(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from gpt_params.tasks import get_task
+    from gpt_params.zoo import read_attrs, relabel
+
+    attrs = read_attrs(args.file)
+    data_dir = json.loads(attrs["harvest_config"]).get("data_dir")
+    task = get_task(attrs["task"], **({"data_dir": data_dir} if data_dir else {}))
+    with tqdm(desc="relabel", unit="part", dynamic_ncols=True) as bar:
+
+        def on_part(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        added = relabel(
+            args.file, task.metric_names, lambda x: task.evaluate(torch.from_numpy(x)), on_part=on_part
+        )
+    print(f"{args.file}: added {', '.join(added)}" if added else f"{args.file}: nothing to add")
     return 0
 
 

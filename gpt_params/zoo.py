@@ -239,6 +239,83 @@ def _write_small(f: h5py.File, per_run: dict, per_ckpt: dict, metrics: dict, div
     )
 
 
+# -- relabelling ---------------------------------------------------------------------------------
+
+
+def _read_part(path: Path) -> tuple[Cohort, dict]:
+    with h5py.File(path, "r") as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        cohort = Cohort(
+            cohort_id=int(attrs.pop("cohort_id")),
+            run_id=f["runs/run_id"][()],
+            seed=f["runs/seed"][()],
+            split=f["runs/split"][()],
+            hparams=[h.decode() if isinstance(h, bytes) else h for h in f["runs/hparams"][()]],
+            step=f["step"][()],
+            params=f["params"][()],
+            metrics={m: f["metrics"][m][()] for m in f["metrics"]},
+            diverged=[json.loads(r) for r in f["diverged/record"][()]],
+        )
+    return cohort, attrs
+
+
+def relabel(
+    path: str | Path, metric_names: Sequence[str], evaluate, chunk: int = 2048, on_part=None
+) -> list[str]:
+    """Score every checkpoint of the harvest at ``path`` with ``evaluate`` (``(N, D)`` float32 array ->
+    ``{metric: (N,)}``) and add the metrics of ``metric_names`` the zoo lacks; returns their names.
+
+    Each part under ``<zoo>.parts/`` is rewritten atomically with its new metrics, then the index:
+    a killed relabel leaves every file whole, and rerunning it skips the parts already done.
+    ``metric_names`` (the task's full list, in its order) becomes the zoo's ``metric_names``.
+    ``evaluate`` sees at most ``chunk`` checkpoints at a time; ``on_part(done, total)`` follows progress."""
+    path = Path(path)
+    attrs = read_attrs(path)
+    with h5py.File(path, "r") as f:
+        if "params" in f and not f["params"].is_virtual and f["params"].shape[0] > 0:
+            raise ZooError(
+                f"{str(path)!r} is a self-contained zoo (e.g. written by zoo merge); relabel the "
+                f"harvests it was merged from, then merge again"
+            )
+    have = json.loads(attrs["metric_names"])
+    if not set(have) <= set(metric_names):
+        raise ZooError(f"{str(path)!r} records {have}, not all among the task's metrics {list(metric_names)}")
+    parts_dir = path.with_name(path.name + ".parts")
+    parts = sorted(p for p in parts_dir.iterdir() if PART_RE.match(p.name)) if parts_dir.is_dir() else []
+    if not parts:
+        raise ZooError(f"no cohort parts found in {str(parts_dir)!r}; relabel needs a harvest's parts")
+    names = json.dumps(list(metric_names))
+    added: set[str] = set()
+    for i, part in enumerate(parts):
+        cohort, part_attrs = _read_part(part)
+        missing = [m for m in metric_names if m not in cohort.metrics]
+        if missing and len(cohort.run_id):
+            r, k, d = cohort.params.shape
+            flat = cohort.params.reshape(r * k, d)
+            scores = [evaluate(flat[a : a + chunk]) for a in range(0, r * k, chunk)]
+            absent = [m for m in missing if m not in scores[0]]
+            if absent:
+                raise ZooError(
+                    f"{absent} cannot be recomputed from the checkpoints (recorded while training)"
+                )
+            cohort.metrics.update(
+                {
+                    m: np.concatenate([np.asarray(s[m], np.float32) for s in scores]).reshape(r, k)
+                    for m in missing
+                }
+            )
+            added.update(missing)
+        if missing or part_attrs.get("metric_names") != names:
+            part_attrs["metric_names"] = names
+            with _atomic_h5(part) as f:
+                _write_cohort(f, cohort, part_attrs)
+        if on_part is not None:
+            on_part(i + 1, len(parts))
+    attrs["metric_names"] = names
+    write_index(path, parts, attrs, rel_to=path.parent)
+    return sorted(added)
+
+
 # -- checks --------------------------------------------------------------------------------------
 
 

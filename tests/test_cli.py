@@ -42,6 +42,7 @@ def test_help_works_for_every_command():
         ["zoo", "--help"],
         ["zoo", "info", "--help"],
         ["zoo", "merge", "--help"],
+        ["zoo", "relabel", "--help"],
     ):
         with pytest.raises(SystemExit) as e:
             main(argv)
@@ -55,6 +56,15 @@ def test_zoo_info_prints_summary_json_and_plot(zoo, tmp_path, capsys):
     summary = json.loads(out[: out.rindex("}") + 1])
     assert sum(summary["runs"].values()) == 6
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_zoo_relabel_adds_nothing_to_a_current_zoo_and_refuses_a_merged_one(zoo, tmp_path, capsys):
+    before = (tmp_path / "z.h5.parts" / "cohort-000000.h5").stat().st_mtime_ns
+    code, out, _ = run(capsys, "zoo", "relabel", str(zoo))
+    assert code == 0 and "nothing to add" in out
+    assert (tmp_path / "z.h5.parts" / "cohort-000000.h5").stat().st_mtime_ns == before
+    assert main(["zoo", "merge", str(zoo), "--out", str(tmp_path / "m.h5")]) == 0
+    one_line_error(capsys, ["zoo", "relabel", str(tmp_path / "m.h5")], "self-contained", "m.h5")
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys, zoo):

@@ -9,7 +9,7 @@ import torch
 from gpt_params.errors import GptParamsError, ZooError
 from gpt_params.harvest import HarvestConfig, checkpoint_steps, harvest, run_seed, run_split
 from gpt_params.tasks import get_task
-from gpt_params.zoo import SCHEMA_VERSION, merge
+from gpt_params.zoo import SCHEMA_VERSION, merge, relabel
 from gpt_params.zoo_reader import Zoo, summarise
 
 
@@ -231,9 +231,38 @@ def test_tiny_cartpole_harvest_records_returns(tmp_path):
     zoo = Zoo(cfg.out)
     assert zoo.n_runs == 2 and zoo.n_ckpts == 4
     assert zoo.step[0].tolist() == [0, 256, 512, 1024]
-    for m in ("return_mean", "return_std", "train_return"):
+    for m in ("return_mean", "return_std", "return_sampled", "train_return"):
         assert np.isfinite(zoo.metrics[m]).all()
     task = get_task("cartpole")
     np.testing.assert_allclose(
         zoo.metrics["return_mean"][1], task.evaluate(torch.from_numpy(zoo.params(1)))["return_mean"]
     )
+
+
+def test_relabel_adds_missing_metrics_part_by_part_and_a_killed_one_resumes(tmp_path):
+    cfg = tiny(tmp_path)
+    harvest(cfg)
+    task = get_task("digits-mlp")
+    names = [*Zoo(cfg.out).metric_names, "double_val_loss"]
+    calls = []
+
+    def evaluate(x):  # (N, D) float32 -> {name: (N,)}
+        calls.append(len(x))
+        if len(calls) == 2 and crash:
+            raise KeyboardInterrupt  # killed while scoring the second part
+        return {"double_val_loss": 2 * task.evaluate(torch.from_numpy(x))["val_loss"]}
+
+    crash = True
+    with pytest.raises(KeyboardInterrupt):
+        relabel(cfg.out, names, evaluate)
+    zoo = Zoo(cfg.out)  # the index is untouched: whole, and still without the metric
+    assert "double_val_loss" not in zoo.metrics and zoo.n_runs == 10
+    crash, calls = False, []
+    assert relabel(cfg.out, names, evaluate, chunk=7) == ["double_val_loss"]
+    assert sum(calls) == 4 * 6 + 2 * 6 and max(calls) <= 7  # parts of 4, 4, 2 runs: the first not again
+    zoo = Zoo(cfg.out)
+    assert list(zoo.metric_names) == names
+    np.testing.assert_allclose(zoo.metrics["double_val_loss"], 2 * zoo.metrics["val_loss"], rtol=1e-6)
+    assert relabel(cfg.out, names, evaluate) == []  # nothing left to add
+    with pytest.raises(ZooError, match="cannot be recomputed"):
+        relabel(cfg.out, [*names, "train_only"], evaluate)

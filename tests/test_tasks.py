@@ -148,7 +148,7 @@ def test_vectorised_rollouts_match_plain_gymnasium_episodes():
             assert returns[b, e] == _sequential_return(task, theta[b], EVAL_SEED + e)
 
 
-def _controller(task, k_angle, k_rate):
+def _controller(task, k_angle, k_rate, sharpness=1.0):
     """A linear controller pushing right when the pole falls right, as an actor vector."""
     net = task.build(0)
     with torch.no_grad():
@@ -157,7 +157,7 @@ def _controller(task, k_angle, k_rate):
         l0 = net.mlp_extractor.policy_net[0]
         l0.weight[0, 2], l0.weight[0, 3], l0.weight[0, 1] = k_angle, k_rate, 0.5
         net.mlp_extractor.policy_net[2].weight[0, 0] = 1.0
-        net.action_net.weight[1, 0], net.action_net.weight[0, 0] = 1.0, -1.0
+        net.action_net.weight[1, 0], net.action_net.weight[0, 0] = sharpness, -sharpness
     return task.flatten(net)
 
 
@@ -168,3 +168,18 @@ def test_known_good_controller_scores_high_and_a_bad_one_low():
     m = task.evaluate(torch.stack([good, bad]))
     assert m["return_mean"][0] >= 475
     assert m["return_mean"][1] <= 30
+
+
+def test_sampled_returns_depend_on_the_policy_alone_and_follow_its_action_probabilities():
+    task = get_task("cartpole", n_sampled_episodes=8)
+    good = _controller(task, 10.0, 2.0, sharpness=50.0)
+    theta = torch.stack(
+        [good, _controller(task, 10.0, 2.0, sharpness=1e-3), *(task.flatten(task.build(s)) for s in range(3))]
+    )
+    both = task.sampled_returns(theta)  # (5, 8)
+    assert np.array_equal(both[1:2], task.sampled_returns(theta[1:2]))  # common random numbers
+    assert both[0].mean() >= 475  # near-deterministic logits: sampling changes nothing
+    # logits near zero: a coin-flip policy falls within a few dozen steps
+    assert both[1].mean() <= 60
+    m = task.evaluate(theta[:2])
+    assert np.allclose(m["return_sampled"], both[:2].mean(1))

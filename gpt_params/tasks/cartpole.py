@@ -1,5 +1,5 @@
-"""CartPole-v1 policies: SB3 PPO's actor (4 -> 32 -> 32 -> 2, tanh), scored by deterministic rollouts
-in gymnasium's vectorised CartPole."""
+"""CartPole-v1 policies: SB3 PPO's actor (4 -> 32 -> 32 -> 2, tanh), scored by rollouts in gymnasium's
+vectorised CartPole: deterministic (argmax) ones, and ones whose actions are sampled from the policy."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from gpt_params.tasks.base import Task
 MAX_RETURN = 500.0  # CartPole-v1's episode cap
 EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...
 ROLLOUT_SEED = 50_000  # held-out episodes (evaluation scripts, demo): never used by harvests
+SAMPLE_SEED = 20_000  # the uniform draws behind sampled actions, shared by every policy scored
 
 
 def fresh_initial_states(episodes: int, first_seed: int = ROLLOUT_SEED) -> np.ndarray:
@@ -63,11 +64,13 @@ class CartPoleTask(Task):
     objective = "return_mean"
     name = "cartpole"
 
-    def __init__(self, hidden: int = 32, n_eval_episodes: int = 10) -> None:
-        if n_eval_episodes < 1:
-            raise ValueError(f"n_eval_episodes must be positive, got {n_eval_episodes}")
+    def __init__(self, hidden: int = 32, n_eval_episodes: int = 10, n_sampled_episodes: int = 32) -> None:
+        for name, n in (("n_eval_episodes", n_eval_episodes), ("n_sampled_episodes", n_sampled_episodes)):
+            if n < 1:
+                raise ValueError(f"{name} must be positive, got {n}")
         self.hidden = hidden
         self.n_eval_episodes = n_eval_episodes
+        self.n_sampled_episodes = n_sampled_episodes
 
     def build(self, seed: int) -> nn.Module:
         """The initialisation SB3 PPO gives its actor (orthogonal, not PyTorch's default)."""
@@ -84,7 +87,7 @@ class CartPoleTask(Task):
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return ("return_mean", "return_std", "train_return")
+        return ("return_mean", "return_std", "return_sampled", "train_return")
 
     def higher_is_better(self, metric: str) -> bool:
         if metric not in self.metric_names:
@@ -99,10 +102,30 @@ class CartPoleTask(Task):
         env.close()
         return np.stack(states).astype(np.float64)
 
+    @cached_property
+    def sampled_states(self) -> np.ndarray:
+        """Initial states ``(n_sampled_episodes, 4)`` of the sampled-action episodes (seeds from EVAL_SEED)."""
+        return fresh_initial_states(self.n_sampled_episodes, EVAL_SEED)
+
+    def sampled_returns(self, theta: torch.Tensor, initial_states: np.ndarray | None = None) -> np.ndarray:
+        """Returns ``(B, E)`` of the policies in ``theta`` acting by sampling from their action
+        distribution, as PPO trains them. The draws are common random numbers: episode ``e`` at step
+        ``t`` uses the same uniform for every policy, so a policy's score depends on it alone (not on
+        the batch it is scored in) and close policies get close scores."""
+        states = self.sampled_states if initial_states is None else np.asarray(initial_states, np.float64)
+        uniforms = np.random.default_rng(SAMPLE_SEED).random((int(MAX_RETURN), len(states)))
+        return self.episode_returns(theta, states, uniforms)
+
     @torch.no_grad()
-    def episode_returns(self, theta: torch.Tensor, initial_states: np.ndarray | None = None) -> np.ndarray:
-        """Returns ``(B, E)`` of the deterministic (argmax) policies in ``theta`` ``(B, D)``, every policy
-        playing the same ``E`` episodes, all ``B * E`` of them in one vectorised environment."""
+    def episode_returns(
+        self,
+        theta: torch.Tensor,
+        initial_states: np.ndarray | None = None,
+        uniforms: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Returns ``(B, E)`` of the policies in ``theta`` ``(B, D)``, every policy playing the same ``E``
+        episodes, all ``B * E`` of them in one vectorised environment. Actions are the argmax, or with
+        ``uniforms`` ``(steps, E)`` action 1 where ``uniforms[t, e]`` < the policy's probability of it."""
         self.layout.check_vector(theta)
         theta = theta.reshape(-1, self.layout.numel).float()
         states = self.eval_states if initial_states is None else np.asarray(initial_states, dtype=np.float64)
@@ -116,9 +139,13 @@ class CartPoleTask(Task):
         policy = self.functional(in_dims_x=0)
         alive = np.ones(n_pol * n_ep, dtype=bool)
         returns = np.zeros(n_pol * n_ep)
-        for _ in range(int(MAX_RETURN)):
+        for t in range(int(MAX_RETURN)):
             logits = policy(params, torch.from_numpy(obs).view(n_pol, n_ep, 4))  # (B, E, 2)
-            actions = logits.argmax(-1).reshape(-1).numpy()
+            if uniforms is None:
+                actions = logits.argmax(-1).reshape(-1).numpy()
+            else:
+                p1 = torch.softmax(logits.double(), -1)[..., 1]  # (B, E)
+                actions = (torch.from_numpy(uniforms[t]) < p1).long().reshape(-1).numpy()
             obs, reward, terminated, truncated, _ = env.step(actions)
             returns += reward * alive
             alive &= ~(terminated | truncated)
@@ -128,6 +155,11 @@ class CartPoleTask(Task):
         return returns.reshape(n_pol, n_ep)
 
     def evaluate(self, theta: torch.Tensor) -> dict[str, np.ndarray]:
-        """Mean and std of the deterministic policy's return over the fixed evaluation episodes."""
+        """Mean and std of the deterministic policy's return over the fixed evaluation episodes, and the
+        mean return with sampled actions (a smoother function of the weights) over its own episodes."""
         r = self.episode_returns(theta)
-        return {"return_mean": r.mean(1), "return_std": r.std(1)}
+        return {
+            "return_mean": r.mean(1),
+            "return_std": r.std(1),
+            "return_sampled": self.sampled_returns(theta).mean(1),
+        }
