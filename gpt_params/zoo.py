@@ -345,8 +345,9 @@ def check_compatible(path: Path, attrs: dict, ignore: Iterable[str] = ()) -> Non
     have = read_attrs(path)
     for key in ("task", "layout", "metric_names"):
         if have.get(key) != attrs[key]:
+            hint = " or `gpt-params zoo relabel` it to add newer metrics" if key == "metric_names" else ""
             raise ZooError(
-                f"{str(path)!r} holds {key} {have.get(key)!r}, expected {attrs[key]!r}; use another --out"
+                f"{str(path)!r} holds {key} {have.get(key)!r}, expected {attrs[key]!r}; use another --out{hint}"
             )
     a, b = json.loads(have["harvest_config"]), json.loads(attrs["harvest_config"])
     for key in ignore:
