@@ -183,3 +183,7 @@ def test_sampled_returns_depend_on_the_policy_alone_and_follow_its_action_probab
     assert both[1].mean() <= 60
     m = task.evaluate(theta[:2])
     assert np.allclose(m["return_sampled"], both[:2].mean(1))
+    only = task.evaluate(theta[:2], metrics=("return_mean",))  # what LearnedOptimizer measures
+    assert set(only) == {"return_mean", "return_std"} and np.array_equal(
+        only["return_mean"], m["return_mean"]
+    )

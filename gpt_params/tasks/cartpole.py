@@ -154,12 +154,16 @@ class CartPoleTask(Task):
         env.close()
         return returns.reshape(n_pol, n_ep)
 
-    def evaluate(self, theta: torch.Tensor) -> dict[str, np.ndarray]:
+    def evaluate(
+        self, theta: torch.Tensor, metrics: tuple[str, ...] = ("return_mean", "return_std", "return_sampled")
+    ) -> dict[str, np.ndarray]:
         """Mean and std of the deterministic policy's return over the fixed evaluation episodes, and the
-        mean return with sampled actions (a smoother function of the weights) over its own episodes."""
-        r = self.episode_returns(theta)
-        return {
-            "return_mean": r.mean(1),
-            "return_std": r.std(1),
-            "return_sampled": self.sampled_returns(theta).mean(1),
-        }
+        mean return with sampled actions (a smoother function of the weights) over its own episodes;
+        ``metrics`` skips the rollouts of those not asked for."""
+        out: dict[str, np.ndarray] = {}
+        if {"return_mean", "return_std"} & set(metrics):
+            r = self.episode_returns(theta)
+            out.update(return_mean=r.mean(1), return_std=r.std(1))
+        if "return_sampled" in metrics:
+            out["return_sampled"] = self.sampled_returns(theta).mean(1)
+        return out
