@@ -31,6 +31,7 @@ from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task
 from gpt_params.zoo import SPLIT_NAMES, Cohort, ZooWriter, zoo_attrs
 
+SPACINGS = ("log", "linear")  # how a run's checkpoints spread over its steps (``checkpoint_steps``)
 DIVERGED_ABS = 1e3  # a checkpoint with any |weight| above this counts as diverged
 
 
@@ -41,7 +42,12 @@ class HarvestConfig:
     task: str = field(metadata={"help": "task name from gpt_params.tasks.TASKS"})
     runs: int = field(metadata={"help": "number of training runs"})
     ckpts_per_run: int = opt(
-        50, "checkpoints kept per run: step 0, the final step and log-spaced steps between"
+        50, "checkpoints kept per run: step 0, the final step and --spacing steps between"
+    )
+    spacing: str = opt(
+        "log",
+        "checkpoint steps: log (dense early, where a supervised loss falls fastest) or linear "
+        "(even, for PPO, whose return rises late in the run)",
     )
     preset: str = opt(
         "varied", "supervised: gpt, adam or varied; cartpole: ppo or varied (see gpt_params.recipes)"
@@ -74,6 +80,8 @@ class HarvestConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise GptParamsError(f"--{name} must be a positive integer, got {v}")
+        if self.spacing not in SPACINGS:
+            raise GptParamsError(f"--spacing must be one of {SPACINGS}, got {self.spacing!r}")
         if not 0 <= self.shard_index < self.num_shards:
             raise GptParamsError(f"shard index {self.shard_index} outside 0..{self.num_shards - 1}")
         if not (0 <= self.val_frac and 0 <= self.test_frac and self.val_frac + self.test_frac < 1):
@@ -85,6 +93,8 @@ class HarvestConfig:
         d = asdict(self)
         d.pop("out")
         d.pop("workers")
+        if d["spacing"] == "log":  # zoos harvested before --spacing existed stay resumable
+            d.pop("spacing")
         return d
 
 
@@ -98,9 +108,10 @@ def run_seed(seed: int, run_id: int) -> int:
     return int(np.random.SeedSequence([seed, run_id]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def checkpoint_steps(total: int, k: int) -> np.ndarray:
-    """``k`` distinct steps in ``[0, total]``: 0, ``total`` and log-spaced ones between, so the fast
-    early fall of the loss is densely sampled. Steps 1, 2, 3, ... fill in where log spacing collides."""
+def checkpoint_steps(total: int, k: int, spacing: str = "log") -> np.ndarray:
+    """``k`` distinct steps in ``[0, total]``: 0, ``total`` and ones between, log-spaced (so the fast
+    early fall of the loss is densely sampled; steps 1, 2, 3, ... fill in where log spacing collides)
+    or evenly spaced (``spacing="linear"``)."""
     if total < k - 1:
         raise GptParamsError(
             f"a run of {total} steps cannot hold {k} distinct checkpoints; lower --ckpts-per-run"
@@ -108,6 +119,8 @@ def checkpoint_steps(total: int, k: int) -> np.ndarray:
     n = k - 1
     if n == 1:
         return np.array([0, total], dtype=np.int64)
+    if spacing == "linear":  # n distinct values: consecutive rounded points differ by >= 1 step
+        return np.concatenate([[0], np.round(np.linspace(total / n, total, n)).astype(np.int64)])
     steps: np.ndarray = np.unique(np.round(np.geomspace(1, total, n)).astype(np.int64))
     while len(steps) < n:  # collisions at small steps: widen until n distinct values
         extra = np.setdiff1d(np.arange(1, total + 1), steps)[: n - len(steps)]
@@ -193,7 +206,7 @@ def train_supervised_cohort(
     batch = min(shape.batch_size, n_train)
     per_epoch = n_train // batch
     total = epochs * per_epoch
-    ckpt = checkpoint_steps(total, cfg.ckpts_per_run)
+    ckpt = checkpoint_steps(total, cfg.ckpts_per_run, cfg.spacing)
 
     # Runs with identical recipes share batched leaf tensors (n_runs, *shape) and one param group:
     # every optimizer used here is elementwise, so that is exactly per-run training, minus the

@@ -50,7 +50,7 @@ def n_updates(recipe: PPORecipe) -> int:
 
 
 def train_ppo_run(
-    seed: int, recipe: PPORecipe, n_ckpts: int, layout_json: str
+    seed: int, recipe: PPORecipe, n_ckpts: int, layout_json: str, spacing: str = "log"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train one PPO run; returns actor checkpoints ``(K, D)``, their env timesteps ``(K,)`` and the
     training return (mean of SB3's last <= 100 training episodes) at each ``(K,)``.
@@ -63,7 +63,7 @@ def train_ppo_run(
     torch.set_num_threads(1)
     layout = ParamLayout.from_json(layout_json)
     total = n_updates(recipe)
-    keep = set(checkpoint_steps(total, n_ckpts).tolist())
+    keep = set(checkpoint_steps(total, n_ckpts, spacing).tolist())
     model = make_ppo(recipe, seed)
     saved: dict[int, tuple[np.ndarray, float]] = {}
 
@@ -108,7 +108,7 @@ def train_rl_cohort(
         for r in run_ids
     ]
     jobs = [
-        (run_seed(cfg.seed, int(r)), rec, cfg.ckpts_per_run, task.layout.to_json())
+        (run_seed(cfg.seed, int(r)), rec, cfg.ckpts_per_run, task.layout.to_json(), cfg.spacing)
         for r, rec in zip(run_ids, recipes, strict=True)
     ]
     results = []

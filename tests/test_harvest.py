@@ -30,6 +30,22 @@ def test_checkpoint_steps_cover_init_final_and_dense_early(total, k):
         assert s[k // 4] <= 0.02 * total
 
 
+@pytest.mark.parametrize("total,k", [(157, 50), (49, 50), (50, 50), (1_000, 7), (3, 2), (10_001, 50)])
+def test_linear_checkpoint_steps_are_even(total, k):
+    s = checkpoint_steps(total, k, "linear")
+    assert len(s) == k and s[0] == 0 and s[-1] == total
+    gaps = np.diff(s)
+    assert gaps.min() >= 1 and gaps.max() - gaps.min() <= 1
+
+
+def test_default_spacing_is_left_out_of_the_stored_config(tmp_path):
+    # zoos harvested before --spacing existed stored no such key: a default rerun must still resume them
+    assert "spacing" not in tiny(tmp_path).stored()
+    assert tiny(tmp_path, spacing="linear").stored()["spacing"] == "linear"
+    with pytest.raises(GptParamsError, match="--spacing must be one of .*'cubic'"):
+        tiny(tmp_path, spacing="cubic")
+
+
 def test_checkpoint_steps_refuse_runs_too_short():
     with pytest.raises(GptParamsError, match="cannot hold 50"):
         checkpoint_steps(40, 50)
@@ -217,8 +233,10 @@ def test_summary_reports_splits_quantiles_and_param_std(tmp_path):
     )
 
 
-def test_tiny_cartpole_harvest_records_returns(tmp_path):
+@pytest.mark.parametrize("spacing,updates", [("log", [0, 1, 2, 4]), ("linear", [0, 1, 3, 4])])
+def test_tiny_cartpole_harvest_records_returns(tmp_path, spacing, updates):
     cfg = HarvestConfig(
+        spacing=spacing,
         task="cartpole",
         runs=2,
         ckpts_per_run=4,
@@ -230,7 +248,7 @@ def test_tiny_cartpole_harvest_records_returns(tmp_path):
     harvest(cfg)
     zoo = Zoo(cfg.out)
     assert zoo.n_runs == 2 and zoo.n_ckpts == 4
-    assert zoo.step[0].tolist() == [0, 256, 512, 1024]
+    assert zoo.step[0].tolist() == [256 * u for u in updates]  # 8 envs x 32 steps per PPO update
     for m in ("return_mean", "return_std", "return_sampled", "train_return"):
         assert np.isfinite(zoo.metrics[m]).all()
     task = get_task("cartpole")
