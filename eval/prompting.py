@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpt_params.errors import ZooError
 from gpt_params.evaluate import achieved_metric, one_step, prompt_alignment
-from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.plots import desired_vs_observed
-from gpt_params.zoo_reader import Zoo
+
+from unseen import add_unseen_arguments, load_unseen  # eval/unseen.py
 
 
 def parse_sampler(spec: str) -> tuple[str, int]:
@@ -41,17 +40,7 @@ def parse_sampler(spec: str) -> tuple[str, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="export directory or shipped model name")
-    p.add_argument(
-        "--zoo", required=True, help="zoo whose test-split (or --split) runs give the unseen inits"
-    )
-    p.add_argument(
-        "--split",
-        choices=("test", "val"),
-        default="test",
-        help="runs whose inits are used: test (scores) or val (to choose settings before scoring)",
-    )
-    p.add_argument("--nets", type=int, default=32, help="unseen networks (G.pt: at least 32)")
+    add_unseen_arguments(p, "unseen networks (G.pt: at least 32)")
     p.add_argument("--prompts", type=int, default=20, help="prompts per network")
     p.add_argument("--samplers", nargs="+", default=["ddim:5"], help="sampler:steps, e.g. ddim:5 ddpm:1000")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
@@ -75,18 +64,8 @@ def main() -> None:
     a = p.parse_args()
     samplers = [parse_sampler(s) for s in a.samplers]
 
-    opt = LearnedOptimizer.from_pretrained(a.model, device=a.device)
+    opt, zoo, rows, theta0 = load_unseen(a, device=a.device)
     exp, task = opt.exported, opt.task
-    zoo = Zoo(a.zoo)
-    if zoo.task != task.name:
-        raise SystemExit(
-            f"prompting.py: error: zoo {a.zoo!r} is a {zoo.task!r} zoo; the model is for {task.name!r}"
-        )
-    try:
-        rows = zoo.unseen_runs(a.nets, a.split)
-    except ZooError as e:
-        raise SystemExit(f"prompting.py: error: {e}") from None
-    theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D) unseen inits
     theta0 = theta0 * a.init_scale
     achieved = achieved_metric(exp.meta["metric"], task.kind)
     if task.kind == "supervised" and a.achieved_on == "val":

@@ -24,25 +24,15 @@ import numpy as np
 import torch
 
 from gpt_params.baselines import seconds_per_step, steps_to_reach, train_curves
-from gpt_params.errors import ZooError
-from gpt_params.optimizer import COMBINE, LearnedOptimizer
+from gpt_params.optimizer import COMBINE
 from gpt_params.plots import draw_vs_gradient
-from gpt_params.zoo_reader import Zoo
+
+from unseen import add_unseen_arguments, load_unseen  # eval/unseen.py
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="export directory or shipped model name")
-    p.add_argument(
-        "--zoo", required=True, help="zoo whose test-split (or --split) runs give the unseen inits"
-    )
-    p.add_argument(
-        "--split",
-        choices=("test", "val"),
-        default="test",
-        help="runs whose inits are used: test (scores) or val (to choose settings before scoring)",
-    )
-    p.add_argument("--nets", type=int, default=32)
+    add_unseen_arguments(p, "unseen networks")
     p.add_argument(
         "--prompt", type=float, default=None, help="prompted metric (default: the model's best prompt)"
     )
@@ -61,18 +51,12 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON report (default: <model>/vs_gradient.json)")
     a = p.parse_args()
 
-    opt = LearnedOptimizer.from_pretrained(a.model)
+    opt, zoo, rows, theta0 = load_unseen(a)
     task = opt.task
     if task.kind != "supervised" or opt.metric != "loss":
         raise SystemExit(
             f"vs_gradient.py: error: needs a loss-conditioned supervised model, got {task.name!r} / {opt.metric_name!r}"
         )
-    zoo = Zoo(a.zoo)
-    try:
-        rows = zoo.unseen_runs(a.nets, a.split)
-    except ZooError as e:
-        raise SystemExit(f"vs_gradient.py: error: {e}") from None
-    theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
     prompt = opt.best_prompt if a.prompt is None else a.prompt
     gen = torch.Generator().manual_seed(a.seed)
     opt.step(theta0[:1], prompt, num_inference_steps=a.sampler_steps, generator=gen)  # warm-up

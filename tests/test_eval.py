@@ -75,6 +75,17 @@ def test_scripts_without_unseen_nets_fail_in_one_line(digits, name):
     )
 
 
+@pytest.mark.parametrize("name", ["prompting.py", "vs_gradient.py"])
+def test_scripts_refuse_a_zoo_of_another_task_in_one_line(digits, name):
+    zoo, _ = digits
+    res = subprocess.run(
+        [sys.executable, str(repo_root() / "eval" / name), "--model", "mnist-mlp-loss", "--zoo", str(zoo)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode != 0 and res.stderr.count("\n") == 1
+    assert "is a 'digits-mlp' zoo; the model is for 'mnist-mlp'" in res.stderr
+
+
 def test_vs_gradient_script(digits, tmp_path):
     zoo, model = digits
     out = tmp_path / "g.json"

@@ -60,11 +60,20 @@ def test_two_steps_export_a_loadable_model(zoo, tmp_path):
             "1",
             "--eval-every",
             "2",
+            "--width",
+            "48",
+            "--depth",
+            "3",
+            "--heads",
+            "3",
             *TINY[:-4],
         ]
     )
     exp = load_export(out)
     assert exp.meta["task"] == "digits-mlp" and exp.meta["metric"] == "val_loss"
+    # the architecture overrides replace the preset's and travel with the export
+    cfg = exp.model.config
+    assert (cfg.width, cfg.depth, cfg.heads, cfg.edge_width) == (48, 3, 3, 16)
     assert exp.meta["metric_range"][0] < exp.meta["metric_range"][1]
     assert (out / "state" / "step-2").is_dir()
 
@@ -100,6 +109,22 @@ def test_bad_pair_option_is_a_one_line_error(zoo, tmp_path):
     res = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and res.stderr.strip().count("\n") == 0
     assert "--late-bias must be positive" in res.stderr and "-1" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--width", "50", "--heads", "4"], "width 50 is not divisible by 4 heads"),
+        (["--depth", "-2"], "--depth -2; expected a positive integer"),
+        (["--tokenizer", "pixel"], "--tokenizer 'pixel'; expected neuron or chunk"),
+    ],
+)
+def test_bad_architecture_is_a_one_line_error(zoo, tmp_path, flags, message):
+    args = [SCRIPT, "--zoo", str(zoo), "--out", str(tmp_path / "m"), *TINY, *flags]
+    res = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and res.stderr.strip().count("\n") == 0
+    assert message in res.stderr
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.gpu

@@ -46,6 +46,9 @@ class TrainConfig:
     out: str = opt("runs/diffuse", "directory for the export and the accelerate state")
     preset: str = opt("small", f"model size: {', '.join(PRESETS)}")
     tokenizer: str = opt("", "override the preset's tokenizer: neuron or chunk")
+    width: int = opt(0, "override the preset's token width (0: the preset's)")
+    depth: int = opt(0, "override the preset's number of transformer blocks (0: the preset's)")
+    heads: int = opt(0, "override the preset's attention heads; must divide the width (0: the preset's)")
     metric: str = opt("", "conditioning metric (default: val_loss, or return_mean for RL zoos)")
     batch_size: int = opt(256, "pairs per optimizer step and process")
     max_steps: int = opt(20_000, "optimizer steps")
@@ -88,6 +91,27 @@ class TrainConfig:
     eval_nets: int = opt(8, "val-split networks in each validation")
     log_with: str = opt("", "accelerate tracker: tensorboard or wandb (opt-in)")
     resume: bool = opt(False, "continue from the latest checkpoint in <out>/state")
+
+
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    """The preset's architecture with the ``--tokenizer``/``--width``/``--depth``/``--heads`` overrides."""
+    arch = PRESETS[cfg.preset].to_dict()
+    if cfg.tokenizer:
+        if cfg.tokenizer not in ("neuron", "chunk"):
+            sys.exit(f"diffuse.py: error: --tokenizer {cfg.tokenizer!r}; expected neuron or chunk")
+        arch["tokenizer"] = cfg.tokenizer
+    for name in ("width", "depth", "heads"):
+        value = getattr(cfg, name)
+        if value < 0:
+            sys.exit(f"diffuse.py: error: --{name} {value}; expected a positive integer (0: the preset's)")
+        if value:
+            arch[name] = value
+    if arch["width"] % arch["heads"]:
+        sys.exit(
+            f"diffuse.py: error: width {arch['width']} is not divisible by {arch['heads']} heads; "
+            "choose --width/--heads so that heads divide the width"
+        )
+    return ModelConfig(**arch)
 
 
 def lr_lambda(cfg: TrainConfig, elapsed_minutes=None):
@@ -155,9 +179,7 @@ def main() -> None:
     if len(train_rows) == 0:
         sys.exit(f"diffuse.py: error: {cfg.zoo!r} has no train-split runs")
     normalizer, clamp = fit_normalizer(zoo, train_rows, cfg.normalize == "per_tensor", cfg.seed)
-    mcfg = ModelConfig(
-        **{**PRESETS[cfg.preset].to_dict(), **({"tokenizer": cfg.tokenizer} if cfg.tokenizer else {})}
-    )
+    mcfg = model_config(cfg)
     dcfg = DiffusionConfig(prompt_dropout=cfg.prompt_dropout)
     model = ParamDiffusionTransformer(task.layout, task.symmetries, mcfg, dcfg)
     ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=False)
