@@ -210,3 +210,23 @@ def test_train_curves_stops_once_every_net_reached_its_target():
     early = train_curves(task, theta, "adam", 1e-2, 60, eval_every=5, stop_at=("val_loss", target))
     assert early.steps[-1] <= 20 < full.steps[-1]
     np.testing.assert_allclose(early.metrics["val_loss"], full.metrics["val_loss"][: len(early.steps)])
+
+
+def test_seen_inits_benchmark_scores_train_split_inits(digits):
+    zoo, model = digits
+    cmd = [
+        sys.executable,
+        str(repo_root() / "benchmarks" / "seen_inits.py"),
+        "--model",
+        str(model),
+        "--zoo",
+        str(zoo),
+    ]
+    res = subprocess.run([*cmd, "--nets", "2", "--prompts", "3", "--sampler-steps", "2", "--guidance", "1", "2"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["guidance"] for r in rows] == [1.0, 2.0] and all(r["split"] == "train" for r in rows)
+    assert all(np.isfinite(r["r2"]) and r["nets"] == 2 for r in rows)
+    bad = subprocess.run([*cmd, "--nets", "0"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "--nets 0" in bad.stderr

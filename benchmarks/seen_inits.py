@@ -1,0 +1,52 @@
+"""Prompt alignment on inits of runs the model *trained* on, to set beside eval/prompting.py's unseen ones.
+
+    python benchmarks/seen_inits.py --model runs/cartpole-ppo-tiny --zoo data/cartpole-ppo.h5 --guidance 1 4
+
+A model that aligns no better on its own train-split inits than on unseen ones is limited by fit,
+not by generalisation. Prints one JSON line per guidance scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from gpt_params.evaluate import prompt_alignment
+from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.zoo_reader import Zoo
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="export directory or shipped model name")
+    p.add_argument("--zoo", required=True, help="the zoo the model was trained on")
+    p.add_argument("--nets", type=int, default=32, help="first train-split runs whose inits are used")
+    p.add_argument("--prompts", type=int, default=20, help="prompts per network")
+    p.add_argument("--sampler-steps", type=int, default=10, help="DDIM steps")
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    opt = LearnedOptimizer.from_pretrained(a.model)
+    zoo = Zoo(a.zoo)
+    if zoo.task != opt.task.name:
+        raise SystemExit(
+            f"seen_inits.py: error: zoo {a.zoo!r} is a {zoo.task!r} zoo; the model is for {opt.task.name!r}"
+        )
+    rows = zoo.runs("train")[: a.nets]
+    if a.nets < 1 or len(rows) == 0:
+        raise SystemExit(
+            f"seen_inits.py: error: --nets {a.nets}; {a.zoo!r} has {len(zoo.runs('train'))} train-split runs"
+        )
+    theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
+    for g in a.guidance:
+        align = prompt_alignment(
+            opt.exported, opt.task, theta0, n_prompts=a.prompts, num_inference_steps=a.sampler_steps,
+            guidance_scale=g, sampler="ddim", generator=torch.Generator().manual_seed(a.seed),
+        )  # fmt: skip
+        print(json.dumps({"split": "train", "nets": len(rows), "guidance": g, "r2": align["r2"]}))
+
+
+if __name__ == "__main__":
+    main()
