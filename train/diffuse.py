@@ -154,6 +154,7 @@ def main() -> None:
     cfg = from_args(TrainConfig, parser.parse_args())
     if cfg.preset not in PRESETS:
         sys.exit(f"diffuse.py: error: unknown --preset {cfg.preset!r}; expected one of {', '.join(PRESETS)}")
+    mcfg = model_config(cfg)  # bad architecture flags fail before the zoo is read
     try:
         zoo = Zoo(cfg.zoo)
     except GptParamsError as e:
@@ -179,7 +180,6 @@ def main() -> None:
     if len(train_rows) == 0:
         sys.exit(f"diffuse.py: error: {cfg.zoo!r} has no train-split runs")
     normalizer, clamp = fit_normalizer(zoo, train_rows, cfg.normalize == "per_tensor", cfg.seed)
-    mcfg = model_config(cfg)
     dcfg = DiffusionConfig(prompt_dropout=cfg.prompt_dropout)
     model = ParamDiffusionTransformer(task.layout, task.symmetries, mcfg, dcfg)
     ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=False)
