@@ -13,6 +13,7 @@ import json
 
 import torch
 
+from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import prompt_alignment
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.zoo_reader import Zoo
@@ -28,17 +29,13 @@ def main() -> None:
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    opt = LearnedOptimizer.from_pretrained(a.model)
-    zoo = Zoo(a.zoo)
-    if zoo.task != opt.task.name:
-        raise SystemExit(
-            f"seen_inits.py: error: zoo {a.zoo!r} is a {zoo.task!r} zoo; the model is for {opt.task.name!r}"
-        )
-    rows = zoo.runs("train")[: a.nets]
-    if a.nets < 1 or len(rows) == 0:
-        raise SystemExit(
-            f"seen_inits.py: error: --nets {a.nets}; {a.zoo!r} has {len(zoo.runs('train'))} train-split runs"
-        )
+    try:
+        opt = LearnedOptimizer.from_pretrained(a.model)
+        zoo = Zoo(a.zoo)
+        zoo.require_task(opt.task.name)
+        rows = zoo.first_runs(a.nets, "train")
+    except GptParamsError as e:
+        raise SystemExit(f"seen_inits.py: error: {e}") from None
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
     for g in a.guidance:
         align = prompt_alignment(

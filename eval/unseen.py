@@ -39,10 +39,7 @@ def load_unseen(
     try:
         opt = LearnedOptimizer.from_pretrained(a.model, device=device)
         zoo = Zoo(a.zoo)
-        if zoo.task != opt.task.name:
-            raise SystemExit(
-                f"{prog}: error: zoo {a.zoo!r} is a {zoo.task!r} zoo; the model is for {opt.task.name!r}"
-            )
+        zoo.require_task(opt.task.name)
         rows = zoo.unseen_runs(a.nets, a.split)
     except GptParamsError as e:
         raise SystemExit(f"{prog}: error: {e}") from None

@@ -204,7 +204,10 @@ def cmd_zoo_relabel(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         added = relabel(
-            args.file, task.metric_names, lambda x: task.evaluate(torch.from_numpy(x)), on_part=on_part
+            args.file,
+            task.metric_names,
+            lambda x, names: task.evaluate_only(torch.from_numpy(x), names),
+            on_part=on_part,
         )
     print(f"{args.file}: added {', '.join(added)}" if added else f"{args.file}: nothing to add")
     return 0

@@ -262,8 +262,9 @@ def _read_part(path: Path) -> tuple[Cohort, dict]:
 def relabel(
     path: str | Path, metric_names: Sequence[str], evaluate, chunk: int = 2048, on_part=None
 ) -> list[str]:
-    """Score every checkpoint of the harvest at ``path`` with ``evaluate`` (``(N, D)`` float32 array ->
-    ``{metric: (N,)}``) and add the metrics of ``metric_names`` the zoo lacks; returns their names.
+    """Score every checkpoint of the harvest at ``path`` with ``evaluate`` (``(N, D)`` float32 array and
+    the names wanted -> ``{metric: (N,)}``) and add the metrics of ``metric_names`` the zoo lacks;
+    returns their names.
 
     Each part under ``<zoo>.parts/`` is rewritten atomically with its new metrics, then the index:
     a killed relabel leaves every file whole, and rerunning it skips the parts already done.
@@ -292,7 +293,7 @@ def relabel(
         if missing and len(cohort.run_id):
             r, k, d = cohort.params.shape
             flat = cohort.params.reshape(r * k, d)
-            scores = [evaluate(flat[a : a + chunk]) for a in range(0, r * k, chunk)]
+            scores = [evaluate(flat[a : a + chunk], missing) for a in range(0, r * k, chunk)]
             absent = [m for m in missing if m not in scores[0]]
             if absent:
                 raise ZooError(

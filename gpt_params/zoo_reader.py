@@ -63,17 +63,26 @@ class Zoo:
             raise ZooError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
         return np.flatnonzero(self.split == SPLIT_NAMES.index(split))
 
-    def unseen_runs(self, n: int, split: str = "test") -> np.ndarray:
-        """The first ``n`` rows of ``split``: networks no model trained on this zoo has seen. ``"test"``
-        for scores; ``"val"`` (runs only watched during training) to choose settings before them."""
-        if split not in ("test", "val"):
-            raise ZooError(f"unseen runs come from the 'test' or 'val' split, not {split!r}")
+    def first_runs(self, n: int, split: str) -> np.ndarray:
+        """The first ``n`` rows of ``split``; a :class:`ZooError` if ``n < 1`` or the split is empty."""
         rows = self.runs(split)[:n]
         if n < 1 or len(rows) == 0:
             raise ZooError(
                 f"{str(self.path)!r} has {len(self.runs(split))} {split}-split runs; asked for {n}"
             )
         return rows
+
+    def unseen_runs(self, n: int, split: str = "test") -> np.ndarray:
+        """The first ``n`` rows of ``split``: networks no model trained on this zoo has seen. ``"test"``
+        for scores; ``"val"`` (runs only watched during training) to choose settings before them."""
+        if split not in ("test", "val"):
+            raise ZooError(f"unseen runs come from the 'test' or 'val' split, not {split!r}")
+        return self.first_runs(n, split)
+
+    def require_task(self, task: str) -> None:
+        """A :class:`ZooError` unless this zoo holds networks of ``task`` (e.g. the task of a model)."""
+        if self.task != task:
+            raise ZooError(f"zoo {str(self.path)!r} is a {self.task!r} zoo; the model is for {task!r}")
 
     def _file(self) -> h5py.File:
         if self._handle is None or self._pid != os.getpid():

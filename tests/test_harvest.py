@@ -122,6 +122,12 @@ def test_unseen_runs_come_from_the_test_or_the_val_split_only(tmp_path):
         else:
             with pytest.raises(ZooError, match=f"0 {split}-split runs"):
                 zoo.unseen_runs(3, split)
+    assert list(zoo.first_runs(2, "train")) == list(zoo.runs("train")[:2])
+    with pytest.raises(ZooError, match="asked for 0"):
+        zoo.first_runs(0, "train")
+    zoo.require_task(zoo.task)
+    with pytest.raises(ZooError, match=f"is a {zoo.task!r} zoo; the model is for 'cartpole'"):
+        zoo.require_task("cartpole")
 
 
 def test_harvest_is_deterministic_and_rerun_resumes_without_duplicates(tmp_path):
@@ -262,10 +268,11 @@ def test_relabel_adds_missing_metrics_part_by_part_and_a_killed_one_resumes(tmp_
     harvest(cfg)
     task = get_task("digits-mlp")
     names = [*Zoo(cfg.out).metric_names, "double_val_loss"]
-    calls = []
+    calls, asked = [], set()
 
-    def evaluate(x):  # (N, D) float32 -> {name: (N,)}
+    def evaluate(x, wanted):  # (N, D) float32, names -> {name: (N,)}
         calls.append(len(x))
+        asked.add(tuple(wanted))
         if len(calls) == 2 and crash:
             raise KeyboardInterrupt  # killed while scoring the second part
         return {"double_val_loss": 2 * task.evaluate(torch.from_numpy(x))["val_loss"]}
@@ -278,6 +285,7 @@ def test_relabel_adds_missing_metrics_part_by_part_and_a_killed_one_resumes(tmp_
     crash, calls = False, []
     assert relabel(cfg.out, names, evaluate, chunk=7) == ["double_val_loss"]
     assert sum(calls) == 4 * 6 + 2 * 6 and max(calls) <= 7  # parts of 4, 4, 2 runs: the first not again
+    assert asked == {("double_val_loss",)}  # only the missing metric is asked for
     zoo = Zoo(cfg.out)
     assert list(zoo.metric_names) == names
     np.testing.assert_allclose(zoo.metrics["double_val_loss"], 2 * zoo.metrics["val_loss"], rtol=1e-6)

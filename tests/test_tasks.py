@@ -187,3 +187,24 @@ def test_sampled_returns_depend_on_the_policy_alone_and_follow_its_action_probab
     assert set(only) == {"return_mean", "return_std"} and np.array_equal(
         only["return_mean"], m["return_mean"]
     )
+
+
+def test_evaluate_only_skips_the_work_of_metrics_not_asked_for(monkeypatch):
+    digits = get_task("digits-mlp")
+    theta = digits.unseen_inits(2)  # (2, D)
+    full = digits.evaluate(theta)
+    only = digits.evaluate_only(theta, ["val_error", "test_loss", "not_a_metric"])
+    assert set(only) == {"val_error", "test_loss"}
+    assert all(np.array_equal(only[m], full[m]) for m in only)
+    cart = get_task("cartpole", n_sampled_episodes=4)
+    theta = cart.unseen_inits(2)  # (2, D)
+    want = cart.evaluate(theta)["return_sampled"]
+    rollouts = cart.episode_returns
+
+    def sampled_only(t, states=None, uniforms=None):
+        assert uniforms is not None, "deterministic rollouts were run"
+        return rollouts(t, states, uniforms)
+
+    monkeypatch.setattr(cart, "episode_returns", sampled_only)
+    only = cart.evaluate_only(theta, ["return_sampled"])
+    assert list(only) == ["return_sampled"] and np.array_equal(only["return_sampled"], want)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cached_property
 
 import numpy as np
@@ -52,6 +52,12 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, theta: torch.Tensor) -> dict[str, np.ndarray]:
         """Score a batch of flat parameter vectors ``(B, D)``; returns ``{metric: (B,)}``."""
+
+    def evaluate_only(self, theta: torch.Tensor, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The metrics of ``names`` that :meth:`evaluate` gives, ``{metric: (B,)}``; tasks that can skip
+        the work of the others (rollouts, data splits) override this."""
+        out = self.evaluate(theta)
+        return {m: out[m] for m in names if m in out}
 
     @cached_property
     def template(self) -> nn.Module:

@@ -4,6 +4,7 @@ vectorised CartPole: deterministic (argmax) ones, and ones whose actions are sam
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import cached_property
 
 import gymnasium as gym
@@ -167,3 +168,8 @@ class CartPoleTask(Task):
         if "return_sampled" in metrics:
             out["return_sampled"] = self.sampled_returns(theta).mean(1)
         return out
+
+    def evaluate_only(self, theta: torch.Tensor, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Only the rollouts ``names`` need (``train_return`` is recorded while training, never here)."""
+        out = self.evaluate(theta, metrics=tuple(names))
+        return {m: out[m] for m in names if m in out}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cached_property
 
 import numpy as np
@@ -141,6 +141,13 @@ class SupervisedTask(Task):
             out[f"{split}_loss"] = (loss_sum / len(y)).numpy()
             out[f"{split}_error"] = (wrong / len(y)).numpy()
         return out
+
+    def evaluate_only(self, theta: torch.Tensor, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Only the data splits ``names`` need."""
+        out = self.evaluate(
+            theta, splits=tuple(s for s in SPLITS if {f"{s}_loss", f"{s}_error"} & set(names))
+        )
+        return {m: out[m] for m in names if m in out}
 
 
 def _mlp_symmetry(n_hidden: int) -> tuple[PermGroup, ...]:
