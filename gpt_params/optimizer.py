@@ -175,10 +175,7 @@ class LearnedOptimizer:
     # -- internals -------------------------------------------------------------------------------
 
     def _measure(self, theta: torch.Tensor) -> np.ndarray:
-        if self.task.kind == "supervised":
-            split = self.metric_name.split("_")[0]
-            return np.asarray(self.task.evaluate(theta, splits=(split,))[self.metric_name])
-        return np.asarray(self.task.evaluate(theta, metrics=(self.metric_name,))[self.metric_name])
+        return np.asarray(self.task.evaluate_only(theta, (self.metric_name,))[self.metric_name])
 
     def _better(self, a: np.ndarray) -> np.ndarray:
         """Index of the best candidate along the last axis."""
