@@ -40,7 +40,10 @@ def main() -> None:
     p.add_argument("--sampler-steps", type=int, default=5)
     p.add_argument("--samples", type=int, default=1, help="candidates per net (see --combine)")
     p.add_argument(
-        "--combine", choices=COMBINE, default="best", help="best-of-k on validation, or their mean"
+        "--combine",
+        choices=COMBINE,
+        default="best",
+        help="best-of-k on validation, their mean, or the one nearest the prompt on validation",
     )
     p.add_argument("--max-steps", type=int, default=3000, help="gradient steps per baseline run")
     p.add_argument("--eval-every", type=int, default=5)

@@ -238,9 +238,10 @@ def add_optimize_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=1, help="candidates drawn per update (see --combine)")
     p.add_argument(
         "--combine",
-        choices=("best", "mean"),  # optimizer.COMBINE (not imported: the parser loads no torch)
+        choices=("best", "mean", "nearest"),  # optimizer.COMBINE (not imported: the parser loads no torch)
         default="best",
-        help="with --samples > 1: keep the best candidate on the validation split, or average them",
+        help="with --samples > 1: keep the best candidate on the validation split, average them, "
+        "or keep the one whose validation metric is nearest --target",
     )
     p.add_argument("--out", help="write the updated network's state dict here (safetensors)")
     p.add_argument("--device", help="torch device for the model (default: cpu)")

@@ -30,7 +30,8 @@ from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-COMBINE = ("best", "mean")  # what ``num_samples > 1`` candidates become: the best one, or their average
+# what ``num_samples > 1`` candidates become: the best one, their average, or the one nearest the prompt
+COMBINE = ("best", "mean", "nearest")
 
 
 def pretrained_names() -> tuple[str, ...]:
@@ -46,7 +47,7 @@ class StepReport:
 
     networks: int
     num_samples: int  # candidates drawn per network (best-of-k or their mean when > 1)
-    combine: str  # "best" or "mean"
+    combine: str  # "best", "mean" or "nearest"
     sample_seconds: float  # diffusion sampling, all candidates
     select_seconds: float  # evaluating candidates on the validation split (0 when num_samples == 1)
     measure_seconds: float  # measuring ``current_loss`` when it was not given
@@ -121,9 +122,10 @@ class LearnedOptimizer:
         ``target_return`` are aliases accepted when the model's metric is an error or a return.
         ``current_loss`` (the model's metric of ``params``) is measured on the validation split
         (or by seeded rollouts) when omitted. ``num_samples > 1`` draws that many candidates per network
-        and, with ``combine="best"``, keeps the one with the best validation metric, or with
-        ``combine="mean"`` returns their average (the sampler's estimate of the mean update, which
-        measures nothing); :attr:`last_report` holds the costs.
+        and, with ``combine="best"``, keeps the one with the best validation metric, with
+        ``combine="nearest"`` the one whose validation metric is nearest the prompt (a precise prompt
+        rather than a best step), or with ``combine="mean"`` returns their average (the sampler's
+        estimate of the mean update, which measures nothing); :attr:`last_report` holds the costs.
         ``guidance_scale`` defaults to the model's :attr:`default_guidance`.
         """
         theta, rebuild = self._to_batch(params)  # (B, D)
@@ -226,7 +228,11 @@ class LearnedOptimizer:
             out = out.mean(1)  # (B, D)
         elif num_samples > 1:
             metrics = self._measure(out.reshape(b * num_samples, -1)).reshape(b, num_samples)
-            out = out[torch.arange(b), torch.as_tensor(self._better(metrics))]  # (B, D)
+            if combine == "nearest":
+                pick = np.abs(metrics - prompt.numpy()[:, None]).argmin(-1)  # (B,)
+            else:
+                pick = self._better(metrics)
+            out = out[torch.arange(b), torch.as_tensor(pick)]  # (B, D)
         else:
             out = out[:, 0]
         self.last_report = StepReport(

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -92,6 +93,16 @@ def test_best_of_k_keeps_the_best_candidate_and_reports_cost(opt):
     assert report.num_samples == 4 and len(report.candidate_metrics[0]) == 4
     assert float(opt.measure(out)[0]) == pytest.approx(min(report.candidate_metrics[0]), rel=1e-5)
     assert report.select_seconds > 0 and report.seconds >= report.sample_seconds
+
+
+def test_nearest_of_k_keeps_the_candidate_whose_metric_is_closest_to_the_prompt(opt):
+    net = opt.task.build(4)
+    for target in (0.2, 2.5):
+        out = opt.step(net, target, num_samples=6, combine="nearest", generator=gen(3))
+        cands = np.asarray(opt.last_report.candidate_metrics[0])  # (6,) val metric of each candidate
+        assert opt.last_report.combine == "nearest"
+        assert float(opt.measure(out)[0]) == pytest.approx(cands[np.abs(cands - target).argmin()], rel=1e-5)
+    assert np.abs(cands - 2.5).argmin() != cands.argmin()  # a far-from-best prompt picks another one
 
 
 def test_mean_of_k_averages_the_candidates_best_of_k_would_choose_from(opt):
