@@ -7,7 +7,9 @@
 For each of ``--nets`` random initialisations of test-split runs and each sampler and guidance scale:
 G.pt's prompt alignment (``--prompts`` prompts evenly between the model's best prompt and the net's
 starting metric; R^2 of achieved vs prompted per net, averaged), and one step (then ``--recursive``
-steps, each fed its own output and measured metric) prompted for the best metric. Supervised
+steps, each fed its own output and measured metric) prompted for the best metric. ``--samples K``
+draws K candidates per prompt and keeps the one the model's learned critic predicts nearest the
+prompt (``train/critic.py``; no rollouts or data). Supervised
 results are measured on the test images although the model was conditioned on validation loss.
 ``--init-scale 2`` (say) scales those inits, an out-of-distribution test of inits the zoo never had.
 ``--split val`` takes the inits from val-split runs instead: choose settings there, score on test.
@@ -17,6 +19,7 @@ Writes a JSON report and a desired-vs-observed plot (PNG) next to the model unle
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from datetime import UTC, datetime
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpt_params.evaluate import achieved_metric, one_step, prompt_alignment
+from gpt_params.evaluate import achieved_metric, one_step_critic, prompt_alignment
 from gpt_params.plots import desired_vs_observed
 
 from unseen import add_unseen_arguments, load_unseen  # eval/unseen.py
@@ -44,6 +47,13 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=20, help="prompts per network")
     p.add_argument("--samplers", nargs="+", default=["ddim:5"], help="sampler:steps, e.g. ddim:5 ddpm:1000")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
+    p.add_argument(
+        "--samples",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="candidates per prompt; above 1 the model's critic keeps the one it predicts nearest the prompt",
+    )
     p.add_argument("--recursive", type=int, default=1, help="recursive steps of the best-prompt update")
     p.add_argument(
         "--init-scale",
@@ -63,9 +73,16 @@ def main() -> None:
     p.add_argument("--plot", default=None, help="PNG plot (default: next to the report)")
     a = p.parse_args()
     samplers = [parse_sampler(s) for s in a.samplers]
+    if min(a.samples) < 1:
+        raise SystemExit(f"prompting.py: error: --samples {min(a.samples)}; expected positive integers")
 
     opt, zoo, rows, theta0 = load_unseen(a, device=a.device)
     exp, task = opt.exported, opt.task
+    if max(a.samples) > 1 and exp.critic is None:
+        raise SystemExit(
+            f"prompting.py: error: --samples {max(a.samples)} needs a critic and {a.model} has none; "
+            "fit one with train/critic.py"
+        )
     theta0 = theta0 * a.init_scale
     achieved = achieved_metric(exp.meta["metric"], task.kind)
     if task.kind == "supervised" and a.achieved_on == "val":
@@ -87,41 +104,44 @@ def main() -> None:
         "results": [],
     }
     curves = None
-    for sampler, steps in samplers:
-        for g in a.guidance:
-            kw = {"num_inference_steps": steps, "guidance_scale": g, "sampler": sampler}
+    for (sampler, steps), g, k in itertools.product(samplers, a.guidance, a.samples):
+        kw = {"num_inference_steps": steps, "guidance_scale": g, "sampler": sampler}
+        t0 = time.perf_counter()
+        align = prompt_alignment(
+            exp, task, theta0, n_prompts=a.prompts, achieved_metric=achieved, num_samples=k,
+            generator=torch.Generator().manual_seed(a.seed), **kw,
+        )  # fmt: skip
+        t_align = time.perf_counter() - t0
+        if curves is None:
+            curves = (
+                align,
+                f"{sampler}:{steps}, guidance {g}" + (f", critic's pick of {k}" if k > 1 else ""),
+            )
+        row = {
+            "sampler": sampler,
+            "steps": steps,
+            "guidance": g,
+            "samples": k,
+            "r2": align["r2"],
+            "nets_excluded": align["nets_excluded"],
+            "alignment_seconds": t_align,
+        }
+        theta, current = theta0, start
+        gen = torch.Generator().manual_seed(a.seed + 1)
+        for r in range(1, a.recursive + 1):
             t0 = time.perf_counter()
-            align = prompt_alignment(
-                exp, task, theta0, n_prompts=a.prompts, achieved_metric=achieved,
-                generator=torch.Generator().manual_seed(a.seed), **kw,
-            )  # fmt: skip
-            t_align = time.perf_counter() - t0
-            if curves is None:
-                curves = (align, f"{sampler}:{steps}, guidance {g}")
-            row = {
-                "sampler": sampler,
-                "steps": steps,
-                "guidance": g,
-                "r2": align["r2"],
-                "nets_excluded": align["nets_excluded"],
-                "alignment_seconds": t_align,
-            }
-            theta, current = theta0, start
-            gen = torch.Generator().manual_seed(a.seed + 1)
-            for r in range(1, a.recursive + 1):
-                t0 = time.perf_counter()
-                theta = one_step(
-                    exp, theta, current, torch.full((len(rows),), opt.best_prompt), generator=gen, **kw
-                )
-                seconds = time.perf_counter() - t0
-                m = task.evaluate(theta)
-                current = torch.as_tensor(m[exp.meta["metric"]], dtype=torch.float32)
-                key = "one_step" if r == 1 else f"step_{r}"
-                row[f"{key}_seconds_per_net"] = seconds / len(rows)
-                for k, v in m.items():
-                    row[f"{key}_{k}_median"] = float(np.median(v))
-            report["results"].append(row)
-            print(json.dumps(row))
+            best = torch.full((len(rows),), opt.best_prompt)
+            theta = one_step_critic(exp, theta, current, best, k, generator=gen, **kw)
+            seconds = time.perf_counter() - t0
+            m = task.evaluate(theta)
+            current = torch.as_tensor(m[exp.meta["metric"]], dtype=torch.float32)
+            key = "one_step" if r == 1 else f"step_{r}"
+            row[f"{key}_seconds_per_net"] = seconds / len(rows)
+            for name, v in m.items():
+                row[f"{key}_{name}_median"] = float(np.median(v))
+        row["r2_per_net"] = align["r2_per_net"]
+        report["results"].append(row)
+        print(json.dumps({k_: v for k_, v in row.items() if k_ != "r2_per_net"}))
     out = Path(a.out or Path(a.model) / "prompting.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

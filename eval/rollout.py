@@ -96,6 +96,12 @@ def main() -> None:
     p.add_argument("--sb3-policies", type=int, default=2, help="policies per prompt also run through SB3 PPO")
     p.add_argument("--sampler-steps", type=int, default=5)
     p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="candidate updates per policy; above 1 the model's critic keeps the one it predicts nearest the prompt",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", default=None, help="GIF of one episode of the best-prompt policy")
     p.add_argument("--out", default=None, help="JSON report (default: <model>/rollout.json)")
@@ -105,10 +111,13 @@ def main() -> None:
     task = opt.task
     if task.kind != "rl":
         raise SystemExit(f"rollout.py: error: {a.model!r} is a {task.name!r} model; rollouts need an RL task")
-    if a.episodes < 1 or a.nets < 1:
+    if a.episodes < 1 or a.nets < 1 or a.samples < 1:
         raise SystemExit(
-            f"rollout.py: error: --episodes and --nets must be positive, got {a.episodes}, {a.nets}"
+            "rollout.py: error: --episodes, --nets and --samples must be positive, "
+            f"got {a.episodes}, {a.nets}, {a.samples}"
         )
+    if a.samples > 1 and not opt.has_critic:
+        raise SystemExit(f"rollout.py: error: --samples {a.samples} needs a critic and {a.model} has none")
     prompts = a.prompts or [opt.best_prompt]
     theta0 = task.unseen_inits(a.nets)  # (N, D)
     states = fresh_initial_states(a.episodes)
@@ -117,6 +126,9 @@ def main() -> None:
         "model": str(a.model),
         "nets": a.nets,
         "episodes": a.episodes,
+        "samples": a.samples,
+        "guidance": a.guidance,
+        "sampler_steps": a.sampler_steps,
         "episode_seeds": [ROLLOUT_SEED, ROLLOUT_SEED + a.episodes - 1],
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "start": dict(zip(("mean", "ci_low", "ci_high"), mean_ci(start), strict=True)),
@@ -127,7 +139,7 @@ def main() -> None:
         t0 = time.perf_counter()
         new = opt.step(
             theta0, prompt, num_inference_steps=a.sampler_steps, guidance_scale=a.guidance,
-            generator=torch.Generator().manual_seed(a.seed),
+            num_samples=a.samples, combine="critic", generator=torch.Generator().manual_seed(a.seed),
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         per_policy = task.episode_returns(new, states).mean(1)  # (N,)

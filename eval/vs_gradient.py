@@ -43,7 +43,8 @@ def main() -> None:
         "--combine",
         choices=COMBINE,
         default="best",
-        help="best-of-k on validation, their mean, or the one nearest the prompt on validation",
+        help="best-of-k on validation, their mean, the one nearest the prompt on validation, "
+        "or the one the model's critic predicts nearest the prompt (no data)",
     )
     p.add_argument("--max-steps", type=int, default=3000, help="gradient steps per baseline run")
     p.add_argument("--eval-every", type=int, default=5)

@@ -235,13 +235,19 @@ def add_optimize_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="classifier-free guidance scale (default: the model's own, 1 unless its config sets one)",
     )
-    p.add_argument("--samples", type=int, default=1, help="candidates drawn per update (see --combine)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="candidates drawn per update (see --combine; default: the model's own, 1 unless its config sets one)",
+    )
     p.add_argument(
         "--combine",
-        choices=("best", "mean", "nearest"),  # optimizer.COMBINE (not imported: the parser loads no torch)
-        default="best",
+        choices=("best", "mean", "nearest", "critic"),  # optimizer.COMBINE (the parser loads no torch)
+        default=None,
         help="with --samples > 1: keep the best candidate on the validation split, average them, "
-        "or keep the one whose validation metric is nearest --target",
+        "keep the one whose validation metric is nearest --target, or the one the model's learned "
+        "critic predicts nearest --target (no data or rollouts); default: the model's own, else best",
     )
     p.add_argument("--out", help="write the updated network's state dict here (safetensors)")
     p.add_argument("--device", help="torch device for the model (default: cpu)")
@@ -327,6 +333,18 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         help="classifier-free guidance scale the model samples with when a call names none "
         "(stored in config.json; default: keep the source's, else 1)",
     )
+    p.add_argument(
+        "--default-samples",
+        type=int,
+        default=None,
+        help="candidate updates per network when a call names none (default: keep the source's, else 1)",
+    )
+    p.add_argument(
+        "--default-combine",
+        choices=("best", "mean", "nearest", "critic"),
+        default=None,
+        help="how one of those candidates is kept when a call names none (default: keep the source's, else best)",
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -337,7 +355,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if Path(args.out).resolve() == Path(args.run).resolve():
         raise GptParamsError(f"--out {args.out!r} is the source export; choose another directory")
-    out = convert_export(args.run, args.out, getattr(torch, args.dtype), args.default_guidance)
+    out = convert_export(
+        args.run,
+        args.out,
+        getattr(torch, args.dtype),
+        args.default_guidance,
+        args.default_samples,
+        args.default_combine,
+    )
     size = (out / WEIGHTS).stat().st_size / 2**20
     print(f"{out}: {args.dtype} weights, {size:.1f} MiB")
     return 0

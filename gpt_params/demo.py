@@ -107,6 +107,8 @@ def run_model(name: str, cfg: DemoConfig) -> DemoResult:
         achieved_metric=None if rl else metric,
         num_inference_steps=cfg.sampler_steps,
         guidance_scale=opt.default_guidance,
+        # the alignment sweep can choose among candidates only by the critic
+        num_samples=opt.default_samples if opt.default_combine == "critic" else 1,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     return DemoResult(

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from gpt_params.diffusion import sample
+from gpt_params.errors import GptParamsError
 from gpt_params.export import Exported
 from gpt_params.normalize import normalize_metric
 from gpt_params.tasks.base import Task
@@ -41,6 +42,46 @@ def one_step(
     return exp.normalizer.denormalize(out).cpu()
 
 
+def critic_select(
+    exp: Exported, candidates: torch.Tensor, prompt: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Of ``candidates`` ``(B, k, D)`` (raw), the one per network whose metric as the export's critic
+    predicts it is nearest ``prompt`` ``(B,)``: returns it ``(B, D)`` and the predictions ``(B, k)``.
+    Nothing is evaluated: no data, no rollouts."""
+    if exp.critic is None:
+        raise GptParamsError(
+            "this model has no critic to choose among candidates; fit one with "
+            "`python train/critic.py --model DIR --zoo ZOO`"
+        )
+    b, k, d = candidates.shape
+    pred = exp.critic.predict(candidates.reshape(b * k, d)).reshape(b, k)
+    pick = (pred - prompt.reshape(b, 1).to(pred)).abs().argmin(-1)  # (B,)
+    return candidates[torch.arange(b), pick], pred
+
+
+def one_step_critic(
+    exp: Exported,
+    theta: torch.Tensor,
+    start_metric: torch.Tensor,
+    prompt: torch.Tensor,
+    num_samples: int = 1,
+    **sample_kw,
+) -> torch.Tensor:
+    """:func:`one_step` with ``num_samples`` candidates per network, the critic's choice kept
+    (:func:`critic_select`); plain :func:`one_step` when ``num_samples`` is 1."""
+    if num_samples == 1:
+        return one_step(exp, theta, start_metric, prompt, **sample_kw)
+    b = len(theta)
+    out = one_step(
+        exp,
+        theta.repeat_interleave(num_samples, 0),
+        start_metric.repeat_interleave(num_samples),
+        prompt.repeat_interleave(num_samples),
+        **sample_kw,
+    ).reshape(b, num_samples, -1)  # (B, k, D)
+    return critic_select(exp, out, prompt)[0]
+
+
 def achieved_metric(metric: str, kind: str) -> str:
     """What outputs of a model conditioned on ``metric`` are scored by: the test split's version of it for
     supervised tasks (``val_loss`` -> ``test_loss``), the metric itself (a return) for RL tasks."""
@@ -66,11 +107,13 @@ def prompt_alignment(
     n_prompts: int = 20,
     achieved_metric: str | None = None,
     best_prompt: float | None = None,
+    num_samples: int = 1,
     **sample_kw,
 ) -> dict:
     """G.pt's prompt alignment: for each network in ``theta`` ``(N, D)``, ``n_prompts`` prompts evenly
     spaced between the best prompt and its starting metric; R^2 of achieved vs prompted per network,
-    averaged. Achieved values are ``achieved_metric`` (default: the conditioning metric) of the outputs."""
+    averaged. Achieved values are ``achieved_metric`` (default: the conditioning metric) of the outputs.
+    ``num_samples`` > 1 draws that many candidates per prompt and keeps the critic's choice."""
     metric = exp.meta["metric"]
     achieved_metric = achieved_metric or metric
     start = torch.as_tensor(task.evaluate(theta)[metric])  # (N,)
@@ -78,11 +121,12 @@ def prompt_alignment(
     frac = torch.linspace(0, 1, n_prompts)
     prompts = best + frac[None] * (start[:, None] - best)  # (N, P)
     n = len(theta)
-    flat = one_step(
+    flat = one_step_critic(
         exp,
         theta.repeat_interleave(n_prompts, 0),
         start.repeat_interleave(n_prompts),
         prompts.reshape(-1),
+        num_samples,
         **sample_kw,
     )
     achieved = task.evaluate(flat)[achieved_metric].reshape(n, n_prompts)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from gpt_params.critic import MetricCritic
 from gpt_params.diffusion import DiffusionConfig
 from gpt_params.errors import GptParamsError
 from gpt_params.layout import ParamLayout
@@ -31,6 +32,7 @@ class Exported:
     clamp: tuple[torch.Tensor, torch.Tensor] | None  # normalised (low, high) per coordinate
     diffusion: DiffusionConfig
     meta: dict  # task, metric, metric_range, best_prompt, zoo and training summaries
+    critic: MetricCritic | None = None  # a learned metric predictor (train/critic.py), if fitted
 
 
 def save_export(
@@ -41,20 +43,17 @@ def save_export(
     diffusion: DiffusionConfig,
     meta: dict,
     weights_dtype: torch.dtype | None = None,
+    critic: MetricCritic | None = None,
 ) -> Path:
     """Write an export to ``out_dir``. ``weights_dtype`` (e.g. ``torch.float16``, to ship a model at
-    half the size) applies to the network's learned parameters only; buffers (the noise schedule),
-    the normaliser and the clamp range stay float32. Loading casts everything back to float32."""
+    half the size) applies to the learned parameters of the network and of the ``critic`` only;
+    buffers (the noise schedule, the critic's probes), the normaliser and the clamp range stay
+    float32. Loading casts everything back to float32."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    learned = {name for name, _ in model.named_parameters()}
-    tensors = {
-        f"model.{k}": (v.to(weights_dtype) if weights_dtype is not None and k in learned else v)
-        .detach()
-        .cpu()
-        .contiguous()
-        for k, v in model.state_dict().items()
-    }
+    tensors = _module_tensors("model", model, weights_dtype)
+    if critic is not None:
+        tensors.update(_module_tensors("critic", critic, weights_dtype))
     tensors.update({k: v.cpu().contiguous() for k, v in normalizer.state().items()})
     if clamp is not None:
         tensors["clamp.low"], tensors["clamp.high"] = clamp[0].cpu().contiguous(), clamp[1].cpu().contiguous()
@@ -65,13 +64,36 @@ def save_export(
         "export_version": EXPORT_VERSION,
         "model": model.config.to_dict(),
         "diffusion": diffusion.to_dict(),
-        **meta,
+        **{k: v for k, v in meta.items() if k != "critic"},
         "weights_dtype": str(weights_dtype or torch.float32).removeprefix("torch."),
     }
+    if critic is not None:
+        config["critic"] = critic.config()
     tmp = out / f".{CONFIG}.tmp"
     tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
     tmp.replace(out / CONFIG)
     return out
+
+
+def _module_tensors(prefix: str, module: torch.nn.Module, weights_dtype: torch.dtype | None) -> dict:
+    """``module``'s state as ``{prefix.name: tensor}``, learned parameters cast to ``weights_dtype``."""
+    learned = {name for name, _ in module.named_parameters()}
+    return {
+        f"{prefix}.{k}": (v.to(weights_dtype) if weights_dtype is not None and k in learned else v)
+        .detach()
+        .cpu()
+        .contiguous()
+        for k, v in module.state_dict().items()
+    }
+
+
+def _load_module(module: torch.nn.Module, prefix: str, tensors: dict, weights: Path) -> None:
+    state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise GptParamsError(
+            f"{str(weights)!r} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def load_export(path: str | Path, device: str | torch.device | None = None) -> Exported:
@@ -104,20 +126,20 @@ def load_export(path: str | Path, device: str | torch.device | None = None) -> E
         )
     diffusion = DiffusionConfig(**meta["diffusion"])
     model = ParamDiffusionTransformer(layout, task.symmetries, ModelConfig(**meta["model"]), diffusion)
-    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise GptParamsError(
-            f"{str(weights)!r} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    _load_module(model, "model", tensors, weights)
     model.eval().to(device or "cpu")
+    critic = None
+    if "critic" in meta:
+        critic = MetricCritic.from_config(task, meta["critic"])
+        _load_module(critic, "critic", tensors, weights)
+        critic.eval().to(device or "cpu")
     clamp = (
         (tensors["clamp.low"].to(device or "cpu"), tensors["clamp.high"].to(device or "cpu"))
         if "clamp.low" in tensors
         else None
     )
     meta_only = {k: v for k, v in meta.items() if k not in ("model", "diffusion", "export_version")}
-    return Exported(model, ParamNormalizer.from_state(tensors), clamp, diffusion, meta_only)
+    return Exported(model, ParamNormalizer.from_state(tensors), clamp, diffusion, meta_only, critic)
 
 
 def convert_export(
@@ -125,15 +147,32 @@ def convert_export(
     dst: str | Path,
     weights_dtype: torch.dtype = torch.float16,
     default_guidance: float | None = None,
+    default_samples: int | None = None,
+    default_combine: str | None = None,
 ) -> Path:
     """Copy the export ``src`` to ``dst`` with its learned weights stored as ``weights_dtype``
     (how shipped models are made: ``gpt-params export runs/X --out gpt_params/pretrained/NAME``).
     ``default_guidance`` sets the classifier-free guidance scale the model samples with when a call
-    names none (stored in the config; 1 when absent)."""
+    names none (stored in the config; 1 when absent); ``default_samples`` and ``default_combine`` the
+    candidates per update and how one is kept (1 and "best" when absent; "critic" needs a critic)."""
+    from gpt_params.optimizer import COMBINE  # the optimizer imports this module
+
     exp = load_export(src)
     meta = dict(exp.meta)
     if default_guidance is not None:
         if not math.isfinite(default_guidance) or default_guidance <= 0:
             raise GptParamsError(f"default guidance must be a finite number > 0, got {default_guidance!r}")
         meta["default_guidance"] = float(default_guidance)
-    return save_export(dst, exp.model, exp.normalizer, exp.clamp, exp.diffusion, meta, weights_dtype)
+    if default_samples is not None:
+        if not isinstance(default_samples, int) or default_samples < 1:
+            raise GptParamsError(f"default samples must be a positive integer, got {default_samples!r}")
+        meta["default_samples"] = default_samples
+    if default_combine is not None:
+        if default_combine not in COMBINE:
+            raise GptParamsError(f"default combine must be one of {COMBINE}, got {default_combine!r}")
+        if default_combine == "critic" and exp.critic is None:
+            raise GptParamsError(f"default combine 'critic' needs a critic and {str(src)!r} has none")
+        meta["default_combine"] = default_combine
+    return save_export(
+        dst, exp.model, exp.normalizer, exp.clamp, exp.diffusion, meta, weights_dtype, exp.critic
+    )

@@ -23,15 +23,16 @@ import torch
 from torch import nn
 
 from gpt_params.errors import GptParamsError, LayoutError
-from gpt_params.evaluate import one_step
+from gpt_params.evaluate import critic_select, one_step
 from gpt_params.export import Exported, load_export
 from gpt_params.normalize import metric_kind
 from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-# what ``num_samples > 1`` candidates become: the best one, their average, or the one nearest the prompt
-COMBINE = ("best", "mean", "nearest")
+# what ``num_samples > 1`` candidates become: the best one, their average, the one nearest the prompt,
+# or the one the model's learned critic predicts nearest the prompt (nothing measured)
+COMBINE = ("best", "mean", "nearest", "critic")
 
 
 def pretrained_names() -> tuple[str, ...]:
@@ -47,11 +48,12 @@ class StepReport:
 
     networks: int
     num_samples: int  # candidates drawn per network (best-of-k or their mean when > 1)
-    combine: str  # "best", "mean" or "nearest"
+    combine: str  # "best", "mean", "nearest" or "critic"
     sample_seconds: float  # diffusion sampling, all candidates
-    select_seconds: float  # evaluating candidates on the validation split (0 when num_samples == 1)
+    select_seconds: float  # scoring candidates (validation split, rollouts or critic; 0 for one sample)
     measure_seconds: float  # measuring ``current_loss`` when it was not given
-    candidate_metrics: list[list[float]] | None  # (networks, num_samples) validation metric of each candidate
+    # (networks, num_samples) validation metric of each candidate; the critic's prediction with "critic"
+    candidate_metrics: list[list[float]] | None
 
     @property
     def seconds(self) -> float:
@@ -72,6 +74,10 @@ class LearnedOptimizer:
         # guidance used when a call names none: 1 unless the export sets one (``gpt-params export
         # --default-guidance``), e.g. 2 for CartPole, where it lifts the best step's return
         self.default_guidance: float = float(exported.meta.get("default_guidance", 1.0))
+        # candidates per update and how one is kept when a call names none (``gpt-params export
+        # --default-samples 8 --default-combine critic``): 1 and "best" unless the export sets them
+        self.default_samples: int = int(exported.meta.get("default_samples", 1))
+        self.default_combine: str = str(exported.meta.get("default_combine", "best"))
         self.last_report: StepReport | None = None
 
     @classmethod
@@ -100,6 +106,21 @@ class LearnedOptimizer:
     def device(self) -> torch.device:
         return next(self.exported.model.parameters()).device
 
+    @property
+    def has_critic(self) -> bool:
+        """Whether the model carries a learned critic (``combine="critic"``; ``train/critic.py``)."""
+        return self.exported.critic is not None
+
+    def predict(self, params) -> np.ndarray:
+        """The model's metric of each network in ``params`` as its learned critic predicts it, ``(B,)``:
+        no data or rollouts (compare :meth:`measure`)."""
+        if not self.has_critic:
+            raise GptParamsError(
+                "this model has no learned critic; fit one with `python train/critic.py --model DIR --zoo ZOO`"
+            )
+        theta, _ = self._to_batch(params)
+        return self.exported.critic.predict(theta).numpy()
+
     # -- public API ------------------------------------------------------------------------------
 
     def step(
@@ -110,8 +131,8 @@ class LearnedOptimizer:
         current_loss: float | Sequence[float] | torch.Tensor | None = None,
         num_inference_steps: int = 5,
         guidance_scale: float | None = None,
-        num_samples: int = 1,
-        combine: str = "best",
+        num_samples: int | None = None,
+        combine: str | None = None,
         generator: torch.Generator | None = None,
         target_error: float | Sequence[float] | torch.Tensor | None = None,
         target_return: float | Sequence[float] | torch.Tensor | None = None,
@@ -124,9 +145,12 @@ class LearnedOptimizer:
         (or by seeded rollouts) when omitted. ``num_samples > 1`` draws that many candidates per network
         and, with ``combine="best"``, keeps the one with the best validation metric, with
         ``combine="nearest"`` the one whose validation metric is nearest the prompt (a precise prompt
-        rather than a best step), or with ``combine="mean"`` returns their average (the sampler's
-        estimate of the mean update, which measures nothing); :attr:`last_report` holds the costs.
-        ``guidance_scale`` defaults to the model's :attr:`default_guidance`.
+        rather than a best step), with ``combine="critic"`` the one whose metric the model's learned
+        critic predicts nearest the prompt (no data or rollouts; needs a model with a critic, see
+        :attr:`has_critic`), or with ``combine="mean"`` returns their average (the sampler's estimate
+        of the mean update, which measures nothing); :attr:`last_report` holds the costs.
+        ``guidance_scale``, ``num_samples`` and ``combine`` default to the model's
+        :attr:`default_guidance`, :attr:`default_samples` and :attr:`default_combine`.
         """
         theta, rebuild = self._to_batch(params)  # (B, D)
         prompt = self._prompt(target_loss, target_error, target_return, len(theta))
@@ -144,8 +168,8 @@ class LearnedOptimizer:
         current_loss: float | Sequence[float] | torch.Tensor | None = None,
         num_inference_steps: int = 5,
         guidance_scale: float | None = None,
-        num_samples: int = 1,
-        combine: str = "best",
+        num_samples: int | None = None,
+        combine: str | None = None,
         generator: torch.Generator | None = None,
         target_error: float | Sequence[float] | torch.Tensor | None = None,
         target_return: float | Sequence[float] | torch.Tensor | None = None,
@@ -190,16 +214,25 @@ class LearnedOptimizer:
         current_loss,
         num_inference_steps: int,
         guidance_scale: float | None,
-        num_samples: int,
-        combine: str,
+        num_samples: int | None,
+        combine: str | None,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         if guidance_scale is None:
             guidance_scale = self.default_guidance
+        if num_samples is None:
+            num_samples = self.default_samples
+        if combine is None:
+            combine = self.default_combine
         if not isinstance(num_samples, int) or num_samples < 1:
             raise GptParamsError(f"num_samples must be a positive integer, got {num_samples!r}")
         if combine not in COMBINE:
             raise GptParamsError(f"combine must be one of {COMBINE}, got {combine!r}")
+        if combine == "critic" and not self.has_critic:
+            raise GptParamsError(
+                'combine="critic" needs a model with a learned critic; this one has none '
+                "(fit one with `python train/critic.py --model DIR --zoo ZOO`)"
+            )
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise GptParamsError(
                 f"num_inference_steps must be a positive integer, got {num_inference_steps!r}"
@@ -226,6 +259,9 @@ class LearnedOptimizer:
         metrics = None
         if num_samples > 1 and combine == "mean":
             out = out.mean(1)  # (B, D)
+        elif num_samples > 1 and combine == "critic":
+            out, pred = critic_select(self.exported, out, prompt)
+            metrics = pred.numpy()
         elif num_samples > 1:
             metrics = self._measure(out.reshape(b * num_samples, -1)).reshape(b, num_samples)
             if combine == "nearest":

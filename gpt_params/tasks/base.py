@@ -59,6 +59,17 @@ class Task(ABC):
         out = self.evaluate(theta)
         return {m: out[m] for m in names if m in out}
 
+    def probe_inputs(self, bank: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+        """``n`` inputs ``(n, ...)`` on which networks' outputs describe them to a learned critic
+        (:mod:`gpt_params.critic`); ``bank`` ``(B, D)`` holds sample networks of the zoo, for tasks
+        whose inputs depend on the policy (states an RL policy visits)."""
+        raise NotImplementedError(f"task {self.name!r} defines no probe inputs for a critic")
+
+    @torch.no_grad()
+    def probe_outputs(self, theta: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
+        """Outputs ``(B, S, O)`` of the networks ``theta`` ``(B, D)`` on the probe inputs ``(S, ...)``."""
+        return self.functional()(self.layout.unflatten(theta.float()), probes)
+
     @cached_property
     def template(self) -> nn.Module:
         """A module of the task's architecture, used for layouts and functional calls."""

@@ -19,6 +19,8 @@ MAX_RETURN = 500.0  # CartPole-v1's episode cap
 EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...
 ROLLOUT_SEED = 50_000  # held-out episodes (evaluation scripts, demo): never used by harvests
 SAMPLE_SEED = 20_000  # the uniform draws behind sampled actions, shared by every policy scored
+PROBE_SEED = 90_000  # episodes whose visited states become a critic's probe inputs
+PROBE_STEPS = 300  # steps each probe episode runs (reset when it ends)
 
 
 def fresh_initial_states(episodes: int, first_seed: int = ROLLOUT_SEED) -> np.ndarray:
@@ -154,6 +156,28 @@ class CartPoleTask(Task):
                 break
         env.close()
         return returns.reshape(n_pol, n_ep)
+
+    @torch.no_grad()
+    def probe_inputs(self, bank: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+        """``n`` states ``(n, 4)`` visited by the policies ``bank`` ``(B, D)`` acting by sampled actions
+        (one episode each from seeds ``PROBE_SEED + seed * B + i``, reset when it ends), drawn with ``seed``."""
+        bank = bank.reshape(-1, self.layout.numel).float()
+        b = len(bank)
+        env = gym.make_vec("CartPole-v1", num_envs=b, vectorization_mode="vector_entry_point")
+        obs, _ = env.reset(seed=PROBE_SEED + seed * b)
+        policy, params = self.functional(in_dims_x=0), self.layout.unflatten(bank)
+        rng = np.random.default_rng(seed)
+        visited = []
+        for _ in range(PROBE_STEPS):
+            logits = policy(params, torch.from_numpy(obs).float()[:, None])[:, 0]  # (B, 2)
+            p1 = torch.softmax(logits.double(), -1)[:, 1]
+            obs, *_ = env.step((rng.random(b) < p1.numpy()).astype(np.int64))  # autoreset restarts ended ones
+            visited.append(obs.copy())
+        env.close()
+        states = np.concatenate(visited)  # (PROBE_STEPS * B, 4)
+        if n > len(states):
+            raise ValueError(f"{n} probe states asked for; {b} policies visited {len(states)}")
+        return torch.from_numpy(states[rng.choice(len(states), n, replace=False)]).float()
 
     def evaluate(
         self, theta: torch.Tensor, metrics: tuple[str, ...] = ("return_mean", "return_std", "return_sampled")

@@ -118,6 +118,18 @@ class SupervisedTask(Task):
             return self._fast_logits(params, x, shared)
         return self.functional(in_dims_x=None if shared else 0)(params, x).transpose(1, 2)
 
+    def probe_inputs(self, bank: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+        """``n`` train-split inputs drawn with ``seed`` (their labels are not used)."""
+        x = self.data.x["train"]
+        if n > len(x):
+            raise ValueError(f"{n} probe inputs asked for; the train split has {len(x)}")
+        return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]].clone()
+
+    @torch.no_grad()
+    def probe_outputs(self, theta: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
+        params = self.layout.unflatten(theta.float())
+        return self.logits(params, probes, shared=True).transpose(1, 2)  # (B, S, C)
+
     @torch.no_grad()
     def evaluate(self, theta: torch.Tensor, splits: tuple[str, ...] = SPLITS) -> dict[str, np.ndarray]:
         """Mean cross-entropy and error rate of each net in ``theta`` ``(B, D)`` on whole splits."""
