@@ -11,6 +11,7 @@ steps, each fed its own output and measured metric) prompted for the best metric
 draws K candidates per prompt and keeps the one the model's learned critic predicts nearest the
 prompt (``train/critic.py``; no rollouts or data). Supervised
 results are measured on the test images although the model was conditioned on validation loss.
+``--fresh-episodes N`` (RL) scores returns on N held-out episodes instead of the zoo's own.
 ``--init-scale 2`` (say) scales those inits, an out-of-distribution test of inits the zoo never had.
 ``--split val`` takes the inits from val-split runs instead: choose settings there, score on test.
 Writes a JSON report and a desired-vs-observed plot (PNG) next to the model unless told otherwise.
@@ -54,6 +55,12 @@ def main() -> None:
         default=[1],
         help="candidates per prompt; above 1 the model's critic keeps the one it predicts nearest the prompt",
     )
+    p.add_argument(
+        "--fresh-episodes",
+        type=int,
+        default=0,
+        help="RL: score every return on this many held-out sampled-action episodes instead of the zoo's own",
+    )
     p.add_argument("--recursive", type=int, default=1, help="recursive steps of the best-prompt update")
     p.add_argument(
         "--init-scale",
@@ -78,6 +85,13 @@ def main() -> None:
 
     opt, zoo, rows, theta0 = load_unseen(a, device=a.device)
     exp, task = opt.exported, opt.task
+    if a.fresh_episodes:
+        if not hasattr(task, "held_out") or a.fresh_episodes < 1:
+            raise SystemExit(
+                f"prompting.py: error: --fresh-episodes {a.fresh_episodes}; expected a positive number "
+                f"of episodes for an RL model ({a.model} is {task.name!r})"
+            )
+        task = task.held_out(a.fresh_episodes)
     if max(a.samples) > 1 and exp.critic is None:
         raise SystemExit(
             f"prompting.py: error: --samples {max(a.samples)} needs a critic and {a.model} has none; "
@@ -101,6 +115,7 @@ def main() -> None:
         "device": str(opt.device),
         "start_median": float(start.median()),
         "init_scale": a.init_scale,
+        "fresh_episodes": a.fresh_episodes,
         "results": [],
     }
     curves = None

@@ -5,8 +5,9 @@
 
 For ``--nets`` unseen random initialisations (SB3's init, seeds the zoo never used) and each prompted
 return: one G.pt step, then ``--episodes`` seeded episodes per policy (seeds disjoint from the ones the
-zoo's returns were measured on) in gymnasium's vectorised CartPole-v1, deterministic actions. The mean
-return comes with a 95% confidence interval over policies. ``--sb3-policies`` of them are also loaded
+zoo's returns were measured on) in gymnasium's vectorised CartPole-v1, deterministic actions, and the
+same episodes with actions sampled from the policy (``mean_sampled_return``, what a ``return_sampled``
+model is prompted with). Means come with a 95% confidence interval over policies. ``--sb3-policies`` of them are also loaded
 into a real ``stable_baselines3.PPO`` policy and scored with SB3's ``evaluate_policy`` on the same seeds,
 as a check that the vectors are genuine SB3 policies. Writes a JSON report and a PNG plot.
 """
@@ -139,11 +140,13 @@ def main() -> None:
         t0 = time.perf_counter()
         new = opt.step(
             theta0, prompt, num_inference_steps=a.sampler_steps, guidance_scale=a.guidance,
-            num_samples=a.samples, combine="critic", generator=torch.Generator().manual_seed(a.seed),
+            num_samples=a.samples, combine="critic" if a.samples > 1 else "best",
+            generator=torch.Generator().manual_seed(a.seed),
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         per_policy = task.episode_returns(new, states).mean(1)  # (N,)
         m, lo, hi = mean_ci(per_policy)
+        sampled = task.held_out(a.episodes).sampled_returns(new).mean(1)  # (N,) actions drawn, as PPO acts
         row = {
             "prompt": prompt,
             "mean_return": m,
@@ -151,6 +154,7 @@ def main() -> None:
             "median_policy_return": float(np.median(per_policy)),
             "policies_at_500": float((per_policy >= 500).mean()),
             "step_seconds_per_policy": seconds / a.nets,
+            "mean_sampled_return": dict(zip(("mean", "ci_low", "ci_high"), mean_ci(sampled), strict=True)),
         }
         if a.sb3_policies:
             k = min(a.sb3_policies, a.nets)
@@ -182,7 +186,11 @@ def figure(report: dict):
     y = np.array([r["mean_return"] for r in rows])
     err = np.array([[r["mean_return"] - r["ci95"][0], r["ci95"][1] - r["mean_return"]] for r in rows]).T
     fig, ax = plt.subplots(figsize=(5, 4.2))
-    ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, label="one G.pt step (95% CI over policies)")
+    ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, label="one G.pt step, argmax actions (95% CI)")
+    s = [r["mean_sampled_return"] for r in rows]
+    ys = np.array([v["mean"] for v in s])
+    err_s = np.array([[v["mean"] - v["ci_low"], v["ci_high"] - v["mean"]] for v in s]).T
+    ax.errorbar(x, ys, yerr=err_s, fmt="s-", capsize=3, label="same steps, sampled actions (95% CI)")
     ax.axhline(report["start"]["mean"], color="gray", ls=":", label="random init")
     ax.plot([0, 500], [0, 500], "k--", lw=1, label="perfect alignment")
     ax.set_xlabel("prompted return")

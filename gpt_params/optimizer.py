@@ -72,7 +72,7 @@ class LearnedOptimizer:
         self.metric_range: tuple[float, float] = (float(lo), float(hi))
         self.best_prompt: float = float(exported.meta["best_prompt"])
         # guidance used when a call names none: 1 unless the export sets one (``gpt-params export
-        # --default-guidance``), e.g. 2 for CartPole, where it lifts the best step's return
+        # --default-guidance``), e.g. 4 for CartPole, where it pulls returns up to the prompt
         self.default_guidance: float = float(exported.meta.get("default_guidance", 1.0))
         # candidates per update and how one is kept when a call names none (``gpt-params export
         # --default-samples 8 --default-combine critic``): 1 and "best" unless the export sets them
@@ -228,7 +228,7 @@ class LearnedOptimizer:
             raise GptParamsError(f"num_samples must be a positive integer, got {num_samples!r}")
         if combine not in COMBINE:
             raise GptParamsError(f"combine must be one of {COMBINE}, got {combine!r}")
-        if combine == "critic" and not self.has_critic:
+        if combine == "critic" and num_samples > 1 and not self.has_critic:
             raise GptParamsError(
                 'combine="critic" needs a model with a learned critic; this one has none '
                 "(fit one with `python train/critic.py --model DIR --zoo ZOO`)"

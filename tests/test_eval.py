@@ -115,6 +115,8 @@ def test_rollout_script_and_sb3_agree_with_the_plain_loop(tmp_path):
     assert len(rep["results"]) == 2
     for row in rep["results"]:
         assert row["ci95"][0] <= row["mean_return"] <= row["ci95"][1]
+        sampled = row["mean_sampled_return"]
+        assert sampled["ci_low"] <= sampled["mean"] <= sampled["ci_high"] and 1 <= sampled["mean"] <= 500
         np.testing.assert_allclose(row["sb3_check"]["plain_loop"], row["sb3_check"]["sb3_ppo"])
     # either a GIF was written or the script said what to install
     assert (tmp_path / "ep.gif").exists() or "pip install" in res.stdout

@@ -96,3 +96,17 @@ def test_export_cli_sets_dtype_and_default_guidance_and_rejects_bad_values_in_on
     assert meta["default_guidance"] == 2.0 and meta["weights_dtype"] == "float16"
     bad = cli("--out", str(tmp_path / "nan"), "--default-guidance", "nan")
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "got nan" in bad.stderr
+
+
+def test_shipped_cartpole_model_picks_by_its_critic_and_follows_prompts():
+    opt = LearnedOptimizer.from_pretrained("cartpole-return")
+    assert opt.has_critic and (opt.default_samples, opt.default_combine) == (8, "critic")
+    theta0 = opt.task.unseen_inits(4)
+    returns = {}
+    for prompt in (150.0, 450.0):
+        new = opt.step(theta0, prompt, generator=torch.Generator().manual_seed(0))
+        assert opt.last_report.num_samples == 8 and opt.last_report.combine == "critic"
+        returns[prompt] = opt.measure(new)  # (4,) the return it is conditioned on, by rollouts
+        predicted = opt.predict(new)  # the critic's estimate of the same, no rollouts
+        assert np.median(np.abs(predicted - returns[prompt])) < 60, (predicted, returns[prompt])
+    assert np.mean(returns[450.0]) > np.mean(returns[150.0]) + 150, returns

@@ -208,3 +208,14 @@ def test_evaluate_only_skips_the_work_of_metrics_not_asked_for(monkeypatch):
     monkeypatch.setattr(cart, "episode_returns", sampled_only)
     only = cart.evaluate_only(theta, ["return_sampled"])
     assert list(only) == ["return_sampled"] and np.array_equal(only["return_sampled"], want)
+
+
+def test_cartpole_held_out_episodes_are_not_the_zoos():
+    task = get_task("cartpole")
+    held = task.held_out(8)
+    assert held.sampled_states.shape == (8, 4)
+    assert not np.allclose(held.sampled_states, task.sampled_states[:8])
+    theta = torch.stack([task.flatten(task.build(s)) for s in range(3)])
+    returns = held.evaluate_only(theta, ("return_sampled",))["return_sampled"]
+    assert returns.shape == (3,) and np.all((returns >= 1) & (returns <= 500))
+    assert held.n_eval_episodes == task.n_eval_episodes  # the deterministic episodes stay the zoo's

@@ -27,7 +27,7 @@ TASKS: tuple[str, ...] = tuple(_REGISTRY)
 
 def get_task(name: str, **options) -> Task:
     """The task called ``name``. Supervised tasks take ``data_dir``, ``download`` and ``data`` (injected
-    :class:`~gpt_params.tasks.data.Splits`); ``cartpole`` takes ``n_eval_episodes``."""
+    :class:`~gpt_params.tasks.data.Splits`); ``cartpole`` takes ``n_eval_episodes``, ``n_sampled_episodes``, ``sampled_seed`` and ``uniform_seed``."""
     if name not in _REGISTRY:
         raise TaskError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
     try:

@@ -19,6 +19,7 @@ MAX_RETURN = 500.0  # CartPole-v1's episode cap
 EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...
 ROLLOUT_SEED = 50_000  # held-out episodes (evaluation scripts, demo): never used by harvests
 SAMPLE_SEED = 20_000  # the uniform draws behind sampled actions, shared by every policy scored
+HELD_OUT_SAMPLE_SEED = 60_000  # the uniform draws of held-out sampled-action episodes (``held_out``)
 PROBE_SEED = 90_000  # episodes whose visited states become a critic's probe inputs
 PROBE_STEPS = 300  # steps each probe episode runs (reset when it ends)
 
@@ -67,13 +68,35 @@ class CartPoleTask(Task):
     objective = "return_mean"
     name = "cartpole"
 
-    def __init__(self, hidden: int = 32, n_eval_episodes: int = 10, n_sampled_episodes: int = 32) -> None:
+    def __init__(
+        self,
+        hidden: int = 32,
+        n_eval_episodes: int = 10,
+        n_sampled_episodes: int = 32,
+        sampled_seed: int = EVAL_SEED,
+        uniform_seed: int = SAMPLE_SEED,
+    ) -> None:
         for name, n in (("n_eval_episodes", n_eval_episodes), ("n_sampled_episodes", n_sampled_episodes)):
             if n < 1:
                 raise ValueError(f"{name} must be positive, got {n}")
         self.hidden = hidden
         self.n_eval_episodes = n_eval_episodes
         self.n_sampled_episodes = n_sampled_episodes
+        # ``return_sampled``'s episodes: reset seeds from ``sampled_seed``, action draws from
+        # ``uniform_seed``; the defaults are what zoos record, others give held-out episodes
+        self.sampled_seed = sampled_seed
+        self.uniform_seed = uniform_seed
+
+    def held_out(self, episodes: int) -> CartPoleTask:
+        """This task with ``return_sampled`` scored on ``episodes`` held-out episodes instead of the
+        zoo's: reset seeds from ``ROLLOUT_SEED``, action draws from ``HELD_OUT_SAMPLE_SEED``."""
+        return CartPoleTask(
+            self.hidden,
+            self.n_eval_episodes,
+            episodes,
+            sampled_seed=ROLLOUT_SEED,
+            uniform_seed=HELD_OUT_SAMPLE_SEED,
+        )
 
     def build(self, seed: int) -> nn.Module:
         """The initialisation SB3 PPO gives its actor (orthogonal, not PyTorch's default)."""
@@ -107,8 +130,8 @@ class CartPoleTask(Task):
 
     @cached_property
     def sampled_states(self) -> np.ndarray:
-        """Initial states ``(n_sampled_episodes, 4)`` of the sampled-action episodes (seeds from EVAL_SEED)."""
-        return fresh_initial_states(self.n_sampled_episodes, EVAL_SEED)
+        """Initial states ``(n_sampled_episodes, 4)`` of the sampled-action episodes (seeds from ``sampled_seed``)."""
+        return fresh_initial_states(self.n_sampled_episodes, self.sampled_seed)
 
     def sampled_returns(self, theta: torch.Tensor, initial_states: np.ndarray | None = None) -> np.ndarray:
         """Returns ``(B, E)`` of the policies in ``theta`` acting by sampling from their action
@@ -116,7 +139,7 @@ class CartPoleTask(Task):
         ``t`` uses the same uniform for every policy, so a policy's score depends on it alone (not on
         the batch it is scored in) and close policies get close scores."""
         states = self.sampled_states if initial_states is None else np.asarray(initial_states, np.float64)
-        uniforms = np.random.default_rng(SAMPLE_SEED).random((int(MAX_RETURN), len(states)))
+        uniforms = np.random.default_rng(self.uniform_seed).random((int(MAX_RETURN), len(states)))
         return self.episode_returns(theta, states, uniforms)
 
     @torch.no_grad()
