@@ -130,7 +130,10 @@ def load_export(path: str | Path, device: str | torch.device | None = None) -> E
     model.eval().to(device or "cpu")
     critic = None
     if "critic" in meta:
-        critic = MetricCritic.from_config(task, meta["critic"])
+        try:
+            critic = MetricCritic.from_config(task, meta["critic"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise GptParamsError(f"{str(cfg_file)!r} has an unreadable critic entry ({e!r})") from None
         _load_module(critic, "critic", tensors, weights)
         critic.eval().to(device or "cpu")
     clamp = (

@@ -176,3 +176,22 @@ def test_export_defaults_make_the_critics_pick_the_plain_call(fitted, tmp_path):
     with pytest.raises(GptParamsError, match="default samples must be a positive integer"):
         convert_export(model, tmp_path / "bad", default_samples=0)
     assert not (tmp_path / "bad").exists()
+
+
+def test_fit_critic_rejects_a_metric_the_zoo_lacks_and_bad_configs(fitted):
+    zoo, task, _, _, _ = fitted
+    with pytest.raises(ValueError, match="records no metric 'return_sampled'"):
+        fit_critic(zoo, task, "return_sampled", CFG)
+    for bad in ({"probes": 0}, {"squash": float("nan")}, {"max_runs": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CriticConfig(**bad)
+
+
+def test_a_broken_critic_entry_is_a_clear_error(fitted, tmp_path):
+    _, _, _, _, model = fitted
+    copy = shutil.copytree(model, tmp_path / "m")
+    cfg = json.loads((copy / "config.json").read_text())
+    del cfg["critic"]["probe_shape"]
+    (copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(GptParamsError, match="unreadable critic entry"):
+        load_export(copy)
