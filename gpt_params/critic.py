@@ -28,6 +28,7 @@ from gpt_params.tasks.base import Task
 from gpt_params.zoo_reader import Zoo
 
 BANK_SIZE = 64  # train-split checkpoints whose rollouts give an RL task's probe states
+NO_CRITIC = "this model has no learned critic; fit one with `python train/critic.py --model DIR --zoo ZOO`"
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gpt_params.critic import NO_CRITIC
 from gpt_params.diffusion import sample
 from gpt_params.errors import GptParamsError
 from gpt_params.export import Exported
@@ -49,10 +50,7 @@ def critic_select(
     predicts it is nearest ``prompt`` ``(B,)``: returns it ``(B, D)`` and the predictions ``(B, k)``.
     Nothing is evaluated: no data, no rollouts."""
     if exp.critic is None:
-        raise GptParamsError(
-            "this model has no critic to choose among candidates; fit one with "
-            "`python train/critic.py --model DIR --zoo ZOO`"
-        )
+        raise GptParamsError(NO_CRITIC)
     b, k, d = candidates.shape
     pred = exp.critic.predict(candidates.reshape(b * k, d)).reshape(b, k)
     pick = (pred - prompt.reshape(b, 1).to(pred)).abs().argmin(-1)  # (B,)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gpt_params.critic import NO_CRITIC
 from gpt_params.errors import GptParamsError, LayoutError
 from gpt_params.evaluate import critic_select, one_step
 from gpt_params.export import Exported, load_export
@@ -115,9 +116,7 @@ class LearnedOptimizer:
         """The model's metric of each network in ``params`` as its learned critic predicts it, ``(B,)``:
         no data or rollouts (compare :meth:`measure`)."""
         if not self.has_critic:
-            raise GptParamsError(
-                "this model has no learned critic; fit one with `python train/critic.py --model DIR --zoo ZOO`"
-            )
+            raise GptParamsError(NO_CRITIC)
         theta, _ = self._to_batch(params)
         return self.exported.critic.predict(theta).numpy()
 
@@ -229,10 +228,7 @@ class LearnedOptimizer:
         if combine not in COMBINE:
             raise GptParamsError(f"combine must be one of {COMBINE}, got {combine!r}")
         if combine == "critic" and num_samples > 1 and not self.has_critic:
-            raise GptParamsError(
-                'combine="critic" needs a model with a learned critic; this one has none '
-                "(fit one with `python train/critic.py --model DIR --zoo ZOO`)"
-            )
+            raise GptParamsError(f'combine="critic": {NO_CRITIC}')
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise GptParamsError(
                 f"num_inference_steps must be a positive integer, got {num_inference_steps!r}"
