@@ -258,7 +258,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     import time
 
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     from gpt_params.optimizer import LearnedOptimizer
 
@@ -307,7 +307,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(args.out).with_suffix(".tmp")
-        save_file({k: v.detach().contiguous() for k, v in new.state_dict().items()}, str(tmp))
+        tmp.write_bytes(save({k: v.detach().contiguous() for k, v in new.state_dict().items()}))  # umask's mode
         tmp.replace(args.out)
         print(f"updated network written to {args.out}")
     return 0

@@ -4,6 +4,7 @@ diffusers' (``DDPMScheduler`` / ``DDIMScheduler`` with ``prediction_type="sample
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -54,8 +55,18 @@ def diffusion_loss(
     prompt: torch.Tensor,
     prompt_dropout: float,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """MSE between the model's x0-prediction and ``theta_future`` ``(B, D)`` at random timesteps."""
+    output_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    output_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """MSE between the model's x0-prediction and ``theta_future`` ``(B, D)`` at random timesteps.
+
+    With ``output_loss`` and ``output_weight`` > 0 a function-space term is added:
+    ``output_weight * mean_b(alpha_bar_t[b] * output_loss(pred, theta_future)[b])``, where
+    ``output_loss`` gives a per-network ``(B,)`` distance between what the predicted and the true
+    networks compute. Weighting by the signal fraction ``alpha_bar_t`` applies it where the target
+    is determined by the noisy input, not at pure noise, whose best x0-prediction is a posterior mean.
+    Returns the loss and its parts (``param``, ``output``) as floats for logging.
+    """
     b = theta_future.shape[0]
     device = theta_future.device
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device="cpu").to(
@@ -65,7 +76,14 @@ def diffusion_loss(
     noisy = scheduler.add_noise(theta_future, noise, t)
     keep = torch.rand(b, generator=generator, device="cpu").to(device) >= prompt_dropout
     pred = model(noisy, t, theta_start, start_metric, prompt, keep)
-    return F.mse_loss(pred, theta_future)
+    loss = F.mse_loss(pred, theta_future)
+    parts = {"param": loss.item()}
+    if output_loss is not None and output_weight > 0:
+        signal = scheduler.alphas_cumprod.to(device)[t]  # (B,)
+        out = (signal * output_loss(pred, theta_future)).mean()
+        parts["output"] = out.item()
+        loss = loss + output_weight * out
+    return loss, parts
 
 
 @torch.no_grad()

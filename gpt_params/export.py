@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from gpt_params.critic import MetricCritic
 from gpt_params.diffusion import DiffusionConfig
@@ -58,7 +58,7 @@ def save_export(
     if clamp is not None:
         tensors["clamp.low"], tensors["clamp.high"] = clamp[0].cpu().contiguous(), clamp[1].cpu().contiguous()
     tmp = out / f".{WEIGHTS}.tmp"
-    save_file(tensors, str(tmp))
+    tmp.write_bytes(save(tensors))  # not save_file, which creates the file owner-only (0600) whatever the umask
     tmp.replace(out / WEIGHTS)
     config = {
         "export_version": EXPORT_VERSION,

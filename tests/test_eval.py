@@ -214,21 +214,35 @@ def test_train_curves_stops_once_every_net_reached_its_target():
     np.testing.assert_allclose(early.metrics["val_loss"], full.metrics["val_loss"][: len(early.steps)])
 
 
-def test_seen_inits_benchmark_scores_train_split_inits(digits):
+def benchmark(name, digits, *args):
+    """Runs ``benchmarks/<name>`` on the tiny digits model and zoo; returns the finished process."""
     zoo, model = digits
-    cmd = [
-        sys.executable,
-        str(repo_root() / "benchmarks" / "seen_inits.py"),
-        "--model",
-        str(model),
-        "--zoo",
-        str(zoo),
-    ]
-    res = subprocess.run([*cmd, "--nets", "2", "--prompts", "3", "--sampler-steps", "2", "--guidance", "1", "2"],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    cmd = [sys.executable, str(repo_root() / "benchmarks" / name), "--model", str(model), "--zoo", str(zoo)]
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_seen_inits_benchmark_scores_train_split_inits(digits):
+    res = benchmark(
+        "seen_inits.py", digits, "--nets", 2, "--prompts", 3, "--sampler-steps", 2, "--guidance", 1, 2
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["guidance"] for r in rows] == [1.0, 2.0] and all(r["split"] == "train" for r in rows)
     assert all(np.isfinite(r["r2"]) and r["nets"] == 2 for r in rows)
-    bad = subprocess.run([*cmd, "--nets", "0"], capture_output=True, text=True, timeout=300)
+    bad = benchmark("seen_inits.py", digits, "--nets", 0)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "asked for 0" in bad.stderr
+
+
+def test_sampler_spread_benchmark_reports_the_seed_to_seed_spread(digits, tmp_path):
+    out = tmp_path / "spread.json"
+    res = benchmark("sampler_spread.py", digits, "--nets", 2, "--seeds", 3, "--guidance", 1, 2, "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    assert [r["guidance"] for r in rep["results"]] == [1.0, 2.0] and rep["nets"] == 2
+    for r in rep["results"]:
+        vals = r["per_seed"]["val_loss"]
+        assert len(vals) == 3 and len(set(vals)) == 3  # the sampler seed changes the step
+        assert r["val_loss_mean"] == pytest.approx(np.mean(vals)) and r["val_loss_sd"] > 0
+    assert "| guidance |" in res.stdout
+    bad = benchmark("sampler_spread.py", digits, "--seeds", 1)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "--seeds 1" in bad.stderr

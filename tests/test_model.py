@@ -89,17 +89,22 @@ def test_tiny_preset_is_under_a_million_parameters():
         assert count_parameters(make(name)[1]) < 1_000_000
 
 
+def fixed_batch(task, n):
+    """A random batch of training pairs: starts, futures ``(n, D)``, start metrics and prompts ``(n,)``."""
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(n, task.layout.numel, generator=g)
+    future = start + 0.5 * torch.randn(n, task.layout.numel, generator=g)
+    return start, future, torch.randn(n, generator=g), torch.randn(n, generator=g)
+
+
 def test_loss_falls_on_a_fixed_batch():
     task, model = make("digits-mlp")
     sched = train_scheduler(DiffusionConfig())
-    g = torch.Generator().manual_seed(0)
-    start = torch.randn(32, task.layout.numel, generator=g)
-    future = start + 0.5 * torch.randn(32, task.layout.numel, generator=g)
-    m0, p = torch.randn(32, generator=g), torch.randn(32, generator=g)
+    start, future, m0, p = fixed_batch(task, 32)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def loss(seed):
-        return diffusion_loss(model, sched, start, future, m0, p, 0.1, torch.Generator().manual_seed(seed))
+        return diffusion_loss(model, sched, start, future, m0, p, 0.1, torch.Generator().manual_seed(seed))[0]
 
     first = sum(loss(s).item() for s in range(5)) / 5
     for s in range(150):
@@ -108,6 +113,32 @@ def test_loss_falls_on_a_fixed_batch():
         opt.step()
     last = sum(loss(s).item() for s in range(5)) / 5
     assert last < 0.7 * first
+
+
+def test_output_term_adds_a_weighted_function_space_loss():
+    task, model = make("digits-mlp")
+    sched = train_scheduler(DiffusionConfig())
+    start, future, m0, p = fixed_batch(task, 8)
+    probes = task.probe_inputs(None, 16, 0)
+
+    def outputs_apart(a, b):  # (B,)
+        return (task.outputs(a, probes) - task.outputs(b, probes)).pow(2).mean(dim=(1, 2))
+
+    def loss(*extra):
+        return diffusion_loss(
+            model, sched, start, future, m0, p, 0.1, torch.Generator().manual_seed(3), *extra
+        )
+
+    plain, parts0 = loss()
+    off, parts_off = loss(outputs_apart, 0.0)
+    both, parts = loss(outputs_apart, 2.0)
+    assert set(parts0) == set(parts_off) == {"param"} and off.item() == plain.item()
+    assert parts["param"] == parts0["param"] and parts["output"] > 0
+    assert both.item() == pytest.approx(parts["param"] + 2.0 * parts["output"], rel=1e-5)
+    # the term reaches the model's weights
+    grad_plain = torch.autograd.grad(plain, list(model.parameters()), allow_unused=True)
+    grad_both = torch.autograd.grad(both, list(model.parameters()), allow_unused=True)
+    assert any(a is not None and not torch.allclose(a, b) for a, b in zip(grad_plain, grad_both, strict=True))
 
 
 def test_export_round_trip_gives_identical_samples(tmp_path):
@@ -125,6 +156,9 @@ def test_export_round_trip_gives_identical_samples(tmp_path):
     save_export(tmp_path, model, norm, None, dcfg, meta)
     loaded = load_export(tmp_path)
     assert isinstance(loaded, Exported) and loaded.meta["metric"] == "val_loss"
+    # the weights get the umask's permissions, like the config (not owner-only)
+    mode = (tmp_path / "config.json").stat().st_mode & 0o777
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == mode
     _, _, start, m0, p = inputs(task)
     a = sample(
         model.eval(), dcfg, start, m0, p, 4, guidance_scale=2.0, generator=torch.Generator().manual_seed(3)

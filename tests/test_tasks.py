@@ -219,3 +219,17 @@ def test_cartpole_held_out_episodes_are_not_the_zoos():
     returns = held.evaluate_only(theta, ("return_sampled",))["return_sampled"]
     assert returns.shape == (3,) and np.all((returns >= 1) & (returns <= 500))
     assert held.n_eval_episodes == task.n_eval_episodes  # the deterministic episodes stay the zoo's
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "cartpole"])
+def test_outputs_are_the_probe_outputs_and_differentiable(name):
+    task = get_task(name)
+    theta = task.unseen_inits(3).requires_grad_(True)  # (3, D)
+    probes = torch.randn(5, 64) if name == "digits-mlp" else torch.randn(5, 4)
+    out = task.outputs(theta, probes)  # (3, 5, O)
+    torch.testing.assert_close(out.detach(), task.probe_outputs(theta.detach(), probes))
+    (grad,) = torch.autograd.grad(out.square().sum(), theta)
+    assert grad.shape == theta.shape and grad.abs().sum() > 0
+    # each network's outputs depend on its own parameters only
+    (g0,) = torch.autograd.grad(task.outputs(theta, probes)[0].sum(), theta)
+    assert g0[1:].abs().sum() == 0 and g0[0].abs().sum() > 0

@@ -97,6 +97,19 @@ def test_resume_continues_to_the_uninterrupted_result(zoo, tmp_path):
         assert (wa[k] - wb[k]).abs().max() <= 1e-6, k
 
 
+def test_function_space_term_trains_and_is_recorded(zoo, tmp_path):
+    from gpt_params.export import load_export
+
+    out = tmp_path / "out"
+    res = run(
+        ["--zoo", str(zoo), "--out", str(out), "--max-steps", "2", "--output-weight", "0.5",
+         "--output-probes", "32", *TINY]
+    )  # fmt: skip
+    assert "out=" in res.stderr  # the progress bar shows the term
+    train = load_export(out).meta["train"]
+    assert train["output_weight"] == 0.5 and train["output_probes"] == 32
+
+
 def test_bad_zoo_is_a_one_line_error(tmp_path):
     res = subprocess.run(
         [sys.executable, SCRIPT, "--zoo", str(tmp_path / "none.h5")], capture_output=True, text=True
@@ -117,9 +130,14 @@ def test_bad_pair_option_is_a_one_line_error(zoo, tmp_path):
         (["--width", "50", "--heads", "4"], "width 50 is not divisible by 4 heads"),
         (["--depth", "-2"], "--depth -2; expected a positive integer"),
         (["--tokenizer", "pixel"], "--tokenizer 'pixel'; expected neuron or chunk"),
+        (["--output-weight", "-1"], "--output-weight -1.0 / --output-probes 256; expected a weight >= 0"),
+        (
+            ["--output-weight", "1", "--output-probes", "100000"],
+            "--output-probes 100000: 100000 probe inputs",
+        ),
     ],
 )
-def test_bad_architecture_is_a_one_line_error(zoo, tmp_path, flags, message):
+def test_bad_model_or_loss_option_is_a_one_line_error(zoo, tmp_path, flags, message):
     args = [SCRIPT, "--zoo", str(zoo), "--out", str(tmp_path / "m"), *TINY, *flags]
     res = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and res.stderr.strip().count("\n") == 0

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from gpt_params.config import add_arguments, from_args, opt
+from gpt_params.critic import BANK_SIZE, checkpoint_bank
 from gpt_params.diffusion import DiffusionConfig, diffusion_loss, train_scheduler
 from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import prompt_alignment
@@ -35,6 +36,7 @@ from gpt_params.model import PRESETS, ModelConfig, ParamDiffusionTransformer, co
 from gpt_params.normalize import ParamNormalizer
 from gpt_params.pairs import PairConfig, PairStream, best_index
 from gpt_params.tasks import get_task
+from gpt_params.tasks.base import Task
 from gpt_params.zoo_reader import Zoo
 
 
@@ -80,6 +82,15 @@ class TrainConfig:
         None,
         "random hidden-unit permutations of each pair (default: on for the chunk tokenizer, off for neuron, "
         "which is equivariant by construction so augmentation only costs time)",
+    )
+    output_weight: float = opt(
+        0.0,
+        "weight of a function-space term: MSE between the outputs of the predicted and the true future "
+        "networks on fixed probe inputs (relative to the outputs' variance), scaled by the signal "
+        "fraction alpha_bar_t; 0 = parameter MSE only",
+    )
+    output_probes: int = opt(
+        256, "probe inputs of the function-space term (train-split inputs or visited states)"
     )
     buffer_runs: int = opt(512, "runs held in memory by the pair stream")
     refresh_runs: int = opt(8, "runs re-read per step")
@@ -148,6 +159,35 @@ def fit_normalizer(zoo: Zoo, rows: np.ndarray, per_tensor: bool, seed: int) -> t
     return norm, (z.min(0).values, z.max(0).values)
 
 
+def make_output_loss(
+    cfg: TrainConfig,
+    zoo: Zoo,
+    rows: np.ndarray,
+    task: Task,
+    normalizer: ParamNormalizer,
+    device: torch.device,
+):
+    """The function-space term's per-network distance ``(B,)`` between normalised parameter batches
+    ``(B, D)``: mean squared difference of the two networks' outputs on ``--output-probes`` fixed
+    inputs, divided by the variance of zoo networks' outputs there (so it is scale-free)."""
+    rng = np.random.default_rng(cfg.seed)
+    bank = checkpoint_bank(zoo, rows, BANK_SIZE, rng)  # (n, D)
+    try:
+        probes = task.probe_inputs(bank, cfg.output_probes, cfg.seed).to(device)  # (S, ...)
+    except (NotImplementedError, ValueError) as e:
+        sys.exit(f"diffuse.py: error: --output-probes {cfg.output_probes}: {e}")
+    with torch.no_grad():
+        scale = task.outputs(bank.to(device), probes).float().var().clamp_min(1e-8)
+
+    def output_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        a = task.outputs(normalizer.denormalize(pred), probes)  # (B, S, O)
+        with torch.no_grad():
+            b = task.outputs(normalizer.denormalize(target), probes)
+        return (a.float() - b.float()).pow(2).mean(dim=(1, 2)) / scale  # (B,)
+
+    return output_loss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, TrainConfig)
@@ -155,6 +195,11 @@ def main() -> None:
     if cfg.preset not in PRESETS:
         sys.exit(f"diffuse.py: error: unknown --preset {cfg.preset!r}; expected one of {', '.join(PRESETS)}")
     mcfg = model_config(cfg)  # bad architecture flags fail before the zoo is read
+    if cfg.output_weight < 0 or cfg.output_probes < 1:
+        sys.exit(
+            f"diffuse.py: error: --output-weight {cfg.output_weight} / --output-probes {cfg.output_probes}; "
+            "expected a weight >= 0 and at least 1 probe"
+        )
     try:
         zoo = Zoo(cfg.zoo)
     except GptParamsError as e:
@@ -180,6 +225,9 @@ def main() -> None:
     if len(train_rows) == 0:
         sys.exit(f"diffuse.py: error: {cfg.zoo!r} has no train-split runs")
     normalizer, clamp = fit_normalizer(zoo, train_rows, cfg.normalize == "per_tensor", cfg.seed)
+    output_loss = (
+        make_output_loss(cfg, zoo, train_rows, task, normalizer, acc.device) if cfg.output_weight else None
+    )
     dcfg = DiffusionConfig(prompt_dropout=cfg.prompt_dropout)
     model = ParamDiffusionTransformer(task.layout, task.symmetries, mcfg, dcfg)
     ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=False)
@@ -299,7 +347,7 @@ def main() -> None:
         gen.manual_seed(hash((cfg.seed, acc.process_index, micro)) & 0x7FFFFFFF)
         micro += 1
         with acc.accumulate(model):
-            loss = diffusion_loss(
+            loss, parts = diffusion_loss(
                 model,
                 scheduler,
                 batch["theta_start"],
@@ -308,6 +356,8 @@ def main() -> None:
                 batch["prompt"],
                 cfg.prompt_dropout,
                 gen,
+                output_loss,
+                cfg.output_weight,
             )
             acc.backward(loss)
             if acc.sync_gradients:
@@ -325,12 +375,16 @@ def main() -> None:
         bar.update(1)
         logs = {
             "loss": loss.item(),
+            **{f"loss_{k}": v for k, v in parts.items() if output_loss is not None},
             "lr": lr_sched.get_last_lr()[0],
             "samples_per_s": seen / max(t_total, 1e-9),
             "data_frac": t_data / max(t_total, 1e-9),
         }
         bar.set_postfix(
-            loss=f"{logs['loss']:.4f}", sps=f"{logs['samples_per_s']:.0f}", data=f"{logs['data_frac']:.1%}"
+            loss=f"{logs['loss']:.4f}",
+            **({"out": f"{parts['output']:.4f}"} if "output" in parts else {}),
+            sps=f"{logs['samples_per_s']:.0f}",
+            data=f"{logs['data_frac']:.1%}",
         )
         if cfg.eval_every and step % cfg.eval_every == 0:
             r2 = validate()

@@ -65,10 +65,15 @@ class Task(ABC):
         whose inputs depend on the policy (states an RL policy visits)."""
         raise NotImplementedError(f"task {self.name!r} defines no probe inputs for a critic")
 
+    def outputs(self, theta: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
+        """Outputs ``(B, S, O)`` of the networks ``theta`` ``(B, D)`` on the inputs ``(S, ...)``,
+        differentiable in ``theta`` (the function-space training term uses the gradient)."""
+        return self.functional()(self.layout.unflatten(theta), probes)
+
     @torch.no_grad()
     def probe_outputs(self, theta: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
         """Outputs ``(B, S, O)`` of the networks ``theta`` ``(B, D)`` on the probe inputs ``(S, ...)``."""
-        return self.functional()(self.layout.unflatten(theta.float()), probes)
+        return self.outputs(theta.float(), probes)
 
     @cached_property
     def template(self) -> nn.Module:

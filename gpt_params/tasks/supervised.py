@@ -125,10 +125,8 @@ class SupervisedTask(Task):
             raise ValueError(f"{n} probe inputs asked for; the train split has {len(x)}")
         return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]].clone()
 
-    @torch.no_grad()
-    def probe_outputs(self, theta: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
-        params = self.layout.unflatten(theta.float())
-        return self.logits(params, probes, shared=True).transpose(1, 2)  # (B, S, C)
+    def outputs(self, theta: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.layout.unflatten(theta), probes, shared=True).transpose(1, 2)  # (B, S, C)
 
     @torch.no_grad()
     def evaluate(self, theta: torch.Tensor, splits: tuple[str, ...] = SPLITS) -> dict[str, np.ndarray]:
