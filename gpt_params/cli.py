@@ -307,7 +307,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_bytes(save({k: v.detach().contiguous() for k, v in new.state_dict().items()}))  # umask's mode
+        tmp.write_bytes(
+            save({k: v.detach().contiguous() for k, v in new.state_dict().items()})
+        )  # umask's mode
         tmp.replace(args.out)
         print(f"updated network written to {args.out}")
     return 0

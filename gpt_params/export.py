@@ -58,7 +58,9 @@ def save_export(
     if clamp is not None:
         tensors["clamp.low"], tensors["clamp.high"] = clamp[0].cpu().contiguous(), clamp[1].cpu().contiguous()
     tmp = out / f".{WEIGHTS}.tmp"
-    tmp.write_bytes(save(tensors))  # not save_file, which creates the file owner-only (0600) whatever the umask
+    tmp.write_bytes(
+        save(tensors)
+    )  # not save_file, which creates the file owner-only (0600) whatever the umask
     tmp.replace(out / WEIGHTS)
     config = {
         "export_version": EXPORT_VERSION,
