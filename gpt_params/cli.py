@@ -258,8 +258,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     import time
 
     import torch
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
 
+    from gpt_params.export import save_tensors
     from gpt_params.optimizer import LearnedOptimizer
 
     opt = LearnedOptimizer.from_pretrained(args.model, device=args.device)
@@ -306,11 +307,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     print(line)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_bytes(
-            save({k: v.detach().contiguous() for k, v in new.state_dict().items()})
-        )  # umask's mode
-        tmp.replace(args.out)
+        save_tensors({k: v.detach().contiguous() for k, v in new.state_dict().items()}, args.out)
         print(f"updated network written to {args.out}")
     return 0
 

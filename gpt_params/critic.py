@@ -147,15 +147,6 @@ def _r2_rms(pred: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return 1.0 - float(((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum().clamp_min(1e-12)), rms
 
 
-def checkpoint_bank(zoo: Zoo, rows: np.ndarray, size: int, rng: np.random.Generator) -> torch.Tensor:
-    """Up to ``size`` checkpoints ``(n, D)`` drawn without replacement from the runs ``rows``: the
-    sample networks :meth:`Task.probe_inputs` may need (an RL policy's visited states)."""
-    picks = rng.choice(len(rows) * zoo.n_ckpts, min(size, len(rows) * zoo.n_ckpts), replace=False)
-    return torch.stack(
-        [torch.from_numpy(zoo.checkpoint(int(rows[i // zoo.n_ckpts]), int(i % zoo.n_ckpts))) for i in picks]
-    )
-
-
 def fit_critic(
     zoo: Zoo,
     task: Task,
@@ -180,7 +171,7 @@ def fit_critic(
         raise ValueError(
             f"zoo {str(zoo.path)!r} has {len(train)} train and {len(val)} val runs; a critic needs both"
         )
-    bank = checkpoint_bank(zoo, train, BANK_SIZE, rng)
+    bank = torch.from_numpy(zoo.sample_checkpoints(train, BANK_SIZE, rng))  # (n, D)
     probes = task.probe_inputs(bank, cfg.probes, cfg.seed)
     n_out = task.probe_outputs(bank[:1], probes).shape[-1]
     critic = MetricCritic(task, metric, probes, n_out, cfg.hidden, cfg.depth, cfg.squash)

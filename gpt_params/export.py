@@ -57,11 +57,7 @@ def save_export(
     tensors.update({k: v.cpu().contiguous() for k, v in normalizer.state().items()})
     if clamp is not None:
         tensors["clamp.low"], tensors["clamp.high"] = clamp[0].cpu().contiguous(), clamp[1].cpu().contiguous()
-    tmp = out / f".{WEIGHTS}.tmp"
-    tmp.write_bytes(
-        save(tensors)
-    )  # not save_file, which creates the file owner-only (0600) whatever the umask
-    tmp.replace(out / WEIGHTS)
+    save_tensors(tensors, out / WEIGHTS)
     config = {
         "export_version": EXPORT_VERSION,
         "model": model.config.to_dict(),
@@ -75,6 +71,15 @@ def save_export(
     tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
     tmp.replace(out / CONFIG)
     return out
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write a safetensors file atomically (a temporary beside it, then a rename), with the
+    umask's permissions: safetensors' ``save_file`` creates files owner-only (0600)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(save(tensors))
+    tmp.replace(path)
 
 
 def _module_tensors(prefix: str, module: torch.nn.Module, weights_dtype: torch.dtype | None) -> dict:

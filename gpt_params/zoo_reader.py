@@ -98,6 +98,11 @@ class Zoo:
         """Checkpoint ``k`` of run ``row``: ``(D,)`` float32."""
         return self._file()["params"][row, k]
 
+    def sample_checkpoints(self, rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+        """Up to ``size`` checkpoints ``(n, D)`` drawn without replacement from the runs ``rows``."""
+        picks = rng.choice(len(rows) * self.n_ckpts, min(size, len(rows) * self.n_ckpts), replace=False)
+        return np.stack([self.checkpoint(int(rows[i // self.n_ckpts]), int(i % self.n_ckpts)) for i in picks])
+
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()

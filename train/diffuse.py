@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from gpt_params.config import add_arguments, from_args, opt
-from gpt_params.critic import BANK_SIZE, checkpoint_bank
+from gpt_params.critic import BANK_SIZE
 from gpt_params.diffusion import DiffusionConfig, diffusion_loss, train_scheduler
 from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import prompt_alignment
@@ -171,7 +171,7 @@ def make_output_loss(
     ``(B, D)``: mean squared difference of the two networks' outputs on ``--output-probes`` fixed
     inputs, divided by the variance of zoo networks' outputs there (so it is scale-free)."""
     rng = np.random.default_rng(cfg.seed)
-    bank = checkpoint_bank(zoo, rows, BANK_SIZE, rng)  # (n, D)
+    bank = torch.from_numpy(zoo.sample_checkpoints(rows, BANK_SIZE, rng))  # (n, D)
     try:
         probes = task.probe_inputs(bank, cfg.output_probes, cfg.seed).to(device)  # (S, ...)
     except (NotImplementedError, ValueError) as e:
