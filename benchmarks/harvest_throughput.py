@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpt_params.harvest import HarvestConfig, checkpoint_steps, run_seed, train_supervised_cohort
-from gpt_params.recipes import cohort_shape, lr_factor, make_optimizer, run_recipe
+from gpt_params.harvest import HarvestConfig, cohort_runs
+from gpt_params.recipes import checkpoint_steps, cohort_shape, lr_factor, make_optimizer, run_recipe, run_seed
 from gpt_params.tasks import get_task
 
 
@@ -152,7 +152,7 @@ def main() -> None:
     t_std, n_std = standard(task, cfg, a.sequential_runs)
     t_seq, n_seq = tuned(task, cfg, a.sequential_runs)
     start = time.perf_counter()
-    cohort = train_supervised_cohort(task, cfg, 0)
+    cohort = task.train_cohort(cfg, 0, cohort_runs(cfg, 0), None)
     t_bat = time.perf_counter() - start
     n_bat = cohort.params.shape[0] * cohort.params.shape[1]
     result = {

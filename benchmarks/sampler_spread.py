@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 
 from gpt_params.errors import GptParamsError
 from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.scripting import fail, utc_now
 from gpt_params.zoo_reader import Zoo
 
 COLUMNS = ("val_loss", "test_loss", "test_error")
@@ -40,9 +40,7 @@ def main() -> None:
     p.add_argument("--out", default="data/benchmarks/sampler_spread.json")
     a = p.parse_args()
     if a.seeds < 2 or a.nets < 1:
-        raise SystemExit(
-            f"sampler_spread.py: error: --seeds {a.seeds} / --nets {a.nets}; expected >= 2 and >= 1"
-        )
+        raise fail(f"--seeds {a.seeds} / --nets {a.nets}; expected >= 2 and >= 1")
     try:
         zoo = Zoo(a.zoo)
         rows = zoo.unseen_runs(a.nets, a.split)
@@ -50,12 +48,12 @@ def main() -> None:
         for opt in opts.values():
             zoo.require_task(opt.task.name)
     except GptParamsError as e:
-        raise SystemExit(f"sampler_spread.py: error: {e}") from None
+        raise fail(str(e)) from None
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
     results = []
     for name, opt in opts.items():
-        if opt.task.kind != "supervised" or opt.metric != "loss":
-            raise SystemExit(f"sampler_spread.py: error: {name!r} is not a loss-conditioned supervised model")
+        if opt.metric_name != "val_loss":
+            raise fail(f"{name!r} is conditioned on {opt.metric_name}; expected a val_loss model")
         for guidance in a.guidance:
             for steps in a.sampler_steps:
                 medians = []  # (seeds, 3)
@@ -82,7 +80,7 @@ def main() -> None:
         "split": a.split,
         "nets": len(rows),
         "seeds": a.seeds,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "results": results,
     }
     out = Path(a.out)

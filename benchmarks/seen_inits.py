@@ -16,6 +16,7 @@ import torch
 from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import prompt_alignment
 from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.scripting import fail
 from gpt_params.zoo_reader import Zoo
 
 
@@ -35,12 +36,12 @@ def main() -> None:
         zoo.require_task(opt.task.name)
         rows = zoo.first_runs(a.nets, "train")
     except GptParamsError as e:
-        raise SystemExit(f"seen_inits.py: error: {e}") from None
+        raise fail(str(e)) from None
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
     for g in a.guidance:
         align = prompt_alignment(
-            opt.exported, opt.task, theta0, n_prompts=a.prompts, num_inference_steps=a.sampler_steps,
-            guidance_scale=g, sampler="ddim", generator=torch.Generator().manual_seed(a.seed),
+            opt, theta0, n_prompts=a.prompts, num_inference_steps=a.sampler_steps, guidance_scale=g,
+            num_samples=1, sampler="ddim", generator=torch.Generator().manual_seed(a.seed),
         )  # fmt: skip
         print(json.dumps({"split": "train", "nets": len(rows), "guidance": g, "r2": align["r2"]}))
 

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gpt_params.align import aligned_distances, nearest
-from gpt_params.errors import ZooError
-from gpt_params.evaluate import achieved_metric
-from gpt_params.optimizer import LearnedOptimizer
-from gpt_params.zoo_reader import Zoo
+from gpt_params.errors import GptParamsError
+from gpt_params.evaluate import load_unseen
+from gpt_params.scripting import fail, utc_now
 
 
 def main() -> None:
@@ -39,14 +37,12 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON report (default: <model>/audit.json)")
     a = p.parse_args()
 
-    opt = LearnedOptimizer.from_pretrained(a.model)
-    task, layout, groups = opt.task, opt.task.layout, opt.task.symmetries
-    zoo = Zoo(a.zoo)
-    rng = np.random.default_rng(a.seed)
     try:
-        test_rows = zoo.unseen_runs(a.nets)
-    except ZooError as e:
-        raise SystemExit(f"audit.py: error: {e}") from None
+        opt, zoo, test_rows, _ = load_unseen(a.model, a.zoo, a.nets)
+    except GptParamsError as e:
+        raise fail(str(e)) from None
+    task, layout, groups = opt.task, opt.task.layout, opt.task.symmetries
+    rng = np.random.default_rng(a.seed)
     runs = [zoo.params(int(r)) for r in test_rows]  # each (K, D)
     theta0 = torch.stack([torch.from_numpy(r[0]) for r in runs])  # (N, D)
     real = torch.stack([torch.from_numpy(r[-1]) for r in runs])  # the same inits, trained by the recipe
@@ -88,7 +84,7 @@ def main() -> None:
     d_retr_input = np.array(
         [aligned_distances(t, r[None], layout, groups)[0] for t, r in zip(theta0, retrieved, strict=True)]
     )
-    scored = achieved_metric(metric, task.kind)
+    scored = task.held_out_metric(metric)
 
     def med(x) -> float:
         return float(np.median(x))
@@ -99,7 +95,7 @@ def main() -> None:
         "nets": len(test_rows),
         "bank": len(bank),
         "prompt": prompt,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "scored_by": scored,
         "output": {
             scored: med(task.evaluate(out)[scored]),

@@ -23,22 +23,22 @@ import argparse
 import itertools
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gpt_params.evaluate import achieved_metric, one_step_critic, prompt_alignment
+from gpt_params.diffusion import SAMPLERS
+from gpt_params.errors import GptParamsError
+from gpt_params.evaluate import prompt_alignment
 from gpt_params.plots import desired_vs_observed
-
-from unseen import add_unseen_arguments, load_unseen  # eval/unseen.py
+from gpt_params.scripting import add_unseen_arguments, fail, unseen_or_exit, utc_now
 
 
 def parse_sampler(spec: str) -> tuple[str, int]:
     name, _, steps = spec.partition(":")
-    if name not in ("ddim", "ddpm") or not steps.isdigit() or int(steps) < 1:
-        raise SystemExit(f"prompting.py: error: --samplers {spec!r}; expected ddim:N or ddpm:N, e.g. ddim:10")
+    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        raise fail(f"--samplers {spec!r}; expected ddim:N or ddpm:N, e.g. ddim:10")
     return name, int(steps)
 
 
@@ -81,37 +81,34 @@ def main() -> None:
     a = p.parse_args()
     samplers = [parse_sampler(s) for s in a.samplers]
     if min(a.samples) < 1:
-        raise SystemExit(f"prompting.py: error: --samples {min(a.samples)}; expected positive integers")
+        raise fail(f"--samples {min(a.samples)}; expected positive integers")
+    if a.fresh_episodes < 0:
+        raise fail(f"--fresh-episodes {a.fresh_episodes}; expected a positive number of episodes")
 
-    opt, zoo, rows, theta0 = load_unseen(a, device=a.device)
-    exp, task = opt.exported, opt.task
+    opt, zoo, rows, theta0 = unseen_or_exit(a, device=a.device)
+    task, metric = opt.task, opt.metric_name
     if a.fresh_episodes:
-        if not hasattr(task, "held_out") or a.fresh_episodes < 1:
-            raise SystemExit(
-                f"prompting.py: error: --fresh-episodes {a.fresh_episodes}; expected a positive number "
-                f"of episodes for an RL model ({a.model} is {task.name!r})"
-            )
-        task = task.held_out(a.fresh_episodes)
-    if max(a.samples) > 1 and exp.critic is None:
-        raise SystemExit(
-            f"prompting.py: error: --samples {max(a.samples)} needs a critic and {a.model} has none; "
-            "fit one with train/critic.py"
+        try:
+            task = task.held_out(a.fresh_episodes)
+        except GptParamsError as e:
+            raise fail(f"--fresh-episodes {a.fresh_episodes}: {e}") from None
+    if max(a.samples) > 1 and not opt.has_critic:
+        raise fail(
+            f"--samples {max(a.samples)} needs a critic and {a.model} has none; fit one with train/critic.py"
         )
     theta0 = theta0 * a.init_scale
-    achieved = achieved_metric(exp.meta["metric"], task.kind)
-    if task.kind == "supervised" and a.achieved_on == "val":
-        achieved = achieved.replace("test_", "val_")
-    start = torch.as_tensor(task.evaluate(theta0)[exp.meta["metric"]], dtype=torch.float32)  # (N,)
+    achieved = metric if a.achieved_on == "val" else task.held_out_metric(metric)
+    start = torch.as_tensor(task.evaluate_only(theta0, (metric,))[metric], dtype=torch.float32)  # (N,)
     report = {
         "model": str(a.model),
         "zoo": a.zoo,
         "nets": len(rows),
         "split": a.split,
         "prompts": a.prompts,
-        "metric": exp.meta["metric"],
+        "metric": metric,
         "achieved_metric": achieved,
         "best_prompt": opt.best_prompt,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "device": str(opt.device),
         "start_median": float(start.median()),
         "init_scale": a.init_scale,
@@ -120,10 +117,12 @@ def main() -> None:
     }
     curves = None
     for (sampler, steps), g, k in itertools.product(samplers, a.guidance, a.samples):
-        kw = {"num_inference_steps": steps, "guidance_scale": g, "sampler": sampler}
+        # above one sample, the model's critic keeps a candidate: neither data nor rollouts are used
+        kw = {"num_inference_steps": steps, "guidance_scale": g, "sampler": sampler, "num_samples": k}
+        kw["combine"] = "critic"
         t0 = time.perf_counter()
         align = prompt_alignment(
-            exp, task, theta0, n_prompts=a.prompts, achieved_metric=achieved, num_samples=k,
+            opt, theta0, n_prompts=a.prompts, achieved_metric=achieved, task=task,
             generator=torch.Generator().manual_seed(a.seed), **kw,
         )  # fmt: skip
         t_align = time.perf_counter() - t0
@@ -141,15 +140,14 @@ def main() -> None:
             "nets_excluded": align["nets_excluded"],
             "alignment_seconds": t_align,
         }
-        theta, current = theta0, start
-        gen = torch.Generator().manual_seed(a.seed + 1)
-        for r in range(1, a.recursive + 1):
+        for r in range(1, a.recursive + 1):  # LearnedOptimizer.optimize's r steps, from the same draws
             t0 = time.perf_counter()
-            best = torch.full((len(rows),), opt.best_prompt)
-            theta = one_step_critic(exp, theta, current, best, k, generator=gen, **kw)
+            theta = opt.optimize(
+                theta0, opt.best_prompt, steps=r, current_loss=start,
+                generator=torch.Generator().manual_seed(a.seed + 1), **kw,
+            )  # fmt: skip
             seconds = time.perf_counter() - t0
-            m = task.evaluate(theta)
-            current = torch.as_tensor(m[exp.meta["metric"]], dtype=torch.float32)
+            m = task.evaluate(theta.cpu())
             key = "one_step" if r == 1 else f"step_{r}"
             row[f"{key}_seconds_per_net"] = seconds / len(rows)
             for name, v in m.items():

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import gymnasium as gym
@@ -25,7 +24,9 @@ import numpy as np
 import torch
 from scipy import stats
 
+from gpt_params.errors import GptParamsError
 from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.scripting import fail, utc_now
 from gpt_params.tasks.cartpole import ROLLOUT_SEED, fresh_initial_states
 
 
@@ -42,8 +43,8 @@ def sb3_returns(task, theta: torch.Tensor, episodes: int) -> np.ndarray:
     """Mean return of each policy in ``theta`` ``(B, D)`` run by SB3's own PPO policy and evaluator."""
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    from gpt_params.harvest_rl import make_ppo
     from gpt_params.recipes import PPORecipe
+    from gpt_params.tasks.ppo import make_ppo
 
     out = []
     for vec in theta:
@@ -108,17 +109,21 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON report (default: <model>/rollout.json)")
     a = p.parse_args()
 
-    opt = LearnedOptimizer.from_pretrained(a.model)
+    try:
+        opt = LearnedOptimizer.from_pretrained(a.model)
+    except GptParamsError as e:
+        raise fail(str(e)) from None
     task = opt.task
-    if task.kind != "rl":
-        raise SystemExit(f"rollout.py: error: {a.model!r} is a {task.name!r} model; rollouts need an RL task")
+    if opt.metric != "return":
+        raise fail(
+            f"{a.model!r} is a {task.name!r} model conditioned on {opt.metric_name}; rollouts need a return"
+        )
     if a.episodes < 1 or a.nets < 1 or a.samples < 1:
-        raise SystemExit(
-            "rollout.py: error: --episodes, --nets and --samples must be positive, "
-            f"got {a.episodes}, {a.nets}, {a.samples}"
+        raise fail(
+            f"--episodes, --nets and --samples must be positive, got {a.episodes}, {a.nets}, {a.samples}"
         )
     if a.samples > 1 and not opt.has_critic:
-        raise SystemExit(f"rollout.py: error: --samples {a.samples} needs a critic and {a.model} has none")
+        raise fail(f"--samples {a.samples} needs a critic and {a.model} has none")
     prompts = a.prompts or [opt.best_prompt]
     theta0 = task.unseen_inits(a.nets)  # (N, D)
     states = fresh_initial_states(a.episodes)
@@ -131,7 +136,7 @@ def main() -> None:
         "guidance": a.guidance,
         "sampler_steps": a.sampler_steps,
         "episode_seeds": [ROLLOUT_SEED, ROLLOUT_SEED + a.episodes - 1],
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "start": dict(zip(("mean", "ci_low", "ci_high"), mean_ci(start), strict=True)),
         "results": [],
     }

@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gpt_params.baselines import seconds_per_step, steps_to_reach, train_curves
-from gpt_params.optimizer import COMBINE
+from gpt_params.export import COMBINE
 from gpt_params.plots import draw_vs_gradient
-
-from unseen import add_unseen_arguments, load_unseen  # eval/unseen.py
+from gpt_params.scripting import add_unseen_arguments, fail, unseen_or_exit, utc_now
+from gpt_params.tasks.batched import seconds_per_step, steps_to_reach, train_curves
 
 
 def main() -> None:
@@ -55,12 +53,10 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON report (default: <model>/vs_gradient.json)")
     a = p.parse_args()
 
-    opt, zoo, rows, theta0 = load_unseen(a)
+    opt, zoo, rows, theta0 = unseen_or_exit(a)
     task = opt.task
-    if task.kind != "supervised" or opt.metric != "loss":
-        raise SystemExit(
-            f"vs_gradient.py: error: needs a loss-conditioned supervised model, got {task.name!r} / {opt.metric_name!r}"
-        )
+    if opt.metric_name != "val_loss":
+        raise fail(f"needs a model conditioned on val_loss, got {task.name!r} / {opt.metric_name!r}")
     prompt = opt.best_prompt if a.prompt is None else a.prompt
     gen = torch.Generator().manual_seed(a.seed)
     opt.step(theta0[:1], prompt, num_inference_steps=a.sampler_steps, generator=gen)  # warm-up
@@ -78,7 +74,7 @@ def main() -> None:
         "nets": len(rows),
         "split": a.split,
         "prompt": prompt,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "gpt": {
             "seconds_per_net": gpt_seconds,
             "seconds_per_net_includes": "measuring the start loss on validation, sampling, best-of-k selection",

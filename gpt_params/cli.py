@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -66,8 +67,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
     )
     options = {"data_dir": cfg.data_dir, "download": args.download} if cfg.data_dir else {}
     task = get_task(cfg.task, **options)
-    if task.kind == "supervised":
-        _ = task.data  # load (and validate) the data before any file is touched
+    task.check_data()  # load (and validate) the data before any file is touched
     n_mine = sum(
         len(cohort_runs(cfg, c))
         for c in range(-(-cfg.runs // cfg.cohort_size))
@@ -78,8 +78,9 @@ def cmd_harvest(args: argparse.Namespace) -> int:
     def bar(name: str) -> tqdm:  # created on first use, so input errors print before any bar
         if not bars:
             bars["runs"] = tqdm(total=n_mine, desc=f"{cfg.task} runs", unit="run", disable=index != 0)
-            unit = "step" if task.kind == "supervised" else "run"
-            bars["cohort"] = tqdm(total=0, desc="cohort", leave=False, unit=unit, disable=index != 0)
+            bars["cohort"] = tqdm(
+                total=0, desc="cohort", leave=False, unit=task.harvest_unit, disable=index != 0
+            )
         return bars[name]
 
     def on_step(step: int, total: int) -> None:
@@ -243,7 +244,7 @@ def add_optimize_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--combine",
-        choices=("best", "mean", "nearest", "critic"),  # optimizer.COMBINE (the parser loads no torch)
+        choices=("best", "mean", "nearest", "critic"),  # export.COMBINE (the parser loads no torch)
         default=None,
         help="with --samples > 1: keep the best candidate on the validation split, average them, "
         "keep the one whose validation metric is nearest --target, or the one the model's learned "
@@ -277,7 +278,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             state = load_file(args.init)
         except Exception as e:  # safetensors raises its own error types for corrupt files
             raise GptParamsError(f"--init {args.init!r} is not a readable safetensors file ({e})") from None
-        net = opt.task.layout.load_into(opt.task.build(args.seed), opt.task.layout.flatten(state))
+        net = opt.task.to_module(opt.vectors(state)[0])  # any names, the task's shapes in its order
     else:
         net = opt.task.build(args.seed)
     target = opt.best_prompt if args.target is None else args.target
@@ -298,12 +299,15 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     after = float(opt.measure(new)[0])
     name = opt.metric_name
     line = f"{opt.task.name}: {name} {before:.4g} -> {after:.4g} (prompt {target:.4g}) in {seconds:.2f} s"
-    if opt.task.kind == "supervised":
-        test = opt.task.evaluate(
-            torch.stack([opt.task.flatten(net), opt.task.flatten(new)]), splits=("test",)
-        )
-        line += f"; test loss {test['test_loss'][0]:.4g} -> {test['test_loss'][1]:.4g}, "
-        line += f"test error {test['test_error'][0]:.2%} -> {test['test_error'][1]:.2%}"
+    if opt.task.test_metrics:  # data no model conditioned on
+        both = torch.stack([opt.task.flatten(net), opt.task.flatten(new)])  # (2, D)
+        test = opt.task.evaluate_only(both, opt.task.test_metrics)
+        fmt = {"error": "{:.2%}"}
+        parts = []
+        for m in opt.task.test_metrics:
+            f = fmt.get(opt.task.metric_kind(m), "{:.4g}")
+            parts.append(f"{m.replace('_', ' ')} {f.format(test[m][0])} -> {f.format(test[m][1])}")
+        line += "; " + ", ".join(parts)
     print(line)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -397,8 +401,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from gpt_params.demo import DemoConfig, figures, run_model
-    from gpt_params.optimizer import pretrained_names
+    from gpt_params.evaluate import one_step_vs_gradient
+    from gpt_params.optimizer import LearnedOptimizer, pretrained_names
+    from gpt_params.plots import one_step_figures
+    from gpt_params.tasks.base import BaselineConfig
 
     models = args.models or list(pretrained_names())
     if not models:
@@ -414,30 +420,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise GptParamsError(
                 f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}"
             )
-    cfg = DemoConfig(
+    cfg = BaselineConfig(
         nets=args.nets,
         rl_nets=args.rl_nets,
+        adam_steps=args.adam_steps,
+        ppo_timesteps=args.ppo_timesteps,
         seed=args.seed,
-        adam_max_steps=args.adam_steps,
-        ppo_max_timesteps=args.ppo_timesteps,
     )
     t0 = time.perf_counter()
     results = []
     bar = tqdm(models, desc="demo", unit="model")
     for name in bar:
         bar.set_postfix_str(name)
-        results.append(run_model(name, cfg))
+        opt = LearnedOptimizer.from_pretrained(name)
+        theta0 = opt.task.unseen_inits(opt.task.baseline_nets(cfg))
+        results.append(one_step_vs_gradient(name, opt, theta0, cfg))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fig_a, fig_b = figures(results)
+    fig_a, fig_b = one_step_figures(results)
     plots = (out / "desired_vs_observed.png", out / "one_step_vs_adam.png")
     fig_a.savefig(plots[0], dpi=110)
     fig_b.savefig(plots[1], dpi=110)
-    rows = [{k: v for k, v in vars(r).items() if k not in ("alignment", "curves")} for r in results]
-    for row, r in zip(rows, results, strict=True):
-        row["r2"] = r.alignment["r2"]
-        if row["baseline_steps"] == float("inf"):
-            row["baseline_steps"] = None  # not matched within baseline_max_steps (JSON has no inf)
+    rows = [
+        {
+            "model": r.model,
+            "task": r.task,
+            "metric": r.metric,
+            "nets": r.nets,
+            "start": r.start,
+            "prompt": r.prompt,
+            "achieved": r.achieved,
+            "baseline": r.baseline.name,
+            # None: not matched within baseline_max_steps (JSON has no inf)
+            "baseline_steps": r.baseline_steps if math.isfinite(r.baseline_steps) else None,
+            "baseline_matched": r.baseline_matched,
+            "baseline_max_steps": r.baseline.budget,
+            "step_seconds": r.step_seconds,
+            "r2": r.alignment["r2"],
+        }
+        for r in results
+    ]
     seconds = time.perf_counter() - t0
     report = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -465,12 +487,13 @@ def demo_table(results) -> str:
     )
     lines = []
     for r in results:
-        steps = f"{r.baseline_steps:.0f}" if r.baseline_steps != float("inf") else f">{r.baseline_max_steps}"
+        budget = r.baseline.budget
+        steps = f"{r.baseline_steps:.0f}" if math.isfinite(r.baseline_steps) else f">{budget}"
         if r.baseline_matched < 1:
             steps += f" ({r.baseline_matched:.0%} matched)"
         lines.append(
             (r.model, str(r.nets), r.metric, f"{r.start:.4g}", f"{r.prompt:.4g}", f"{r.achieved:.4g}",
-             f"{r.alignment['r2']:.2f}", f"{steps} ({r.baseline.split(',')[0]})", f"{r.step_seconds * 1e3:.0f} ms")
+             f"{r.alignment['r2']:.2f}", f"{steps} ({r.baseline.name.split(',')[0]})", f"{r.step_seconds * 1e3:.0f} ms")
         )  # fmt: skip
     widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

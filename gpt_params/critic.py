@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from gpt_params.config import opt
-from gpt_params.normalize import denormalize_metric, normalize_metric
 from gpt_params.tasks.base import Task
 from gpt_params.zoo_reader import Zoo
 
@@ -125,7 +124,7 @@ def _zoo_features(
     checkpoint of ``rows``, read run by run."""
     feats, ys = [], []
     for r in rows:
-        y = normalize_metric(torch.as_tensor(zoo.metrics[metric][r], dtype=torch.float32), metric, zoo.task)
+        y = critic.task.normalize_metric(torch.as_tensor(zoo.metrics[metric][r], dtype=torch.float32), metric)
         keep = torch.isfinite(y)
         theta = torch.from_numpy(zoo.params(int(r)))[keep]  # (K', D)
         if len(theta):
@@ -139,7 +138,7 @@ def _predict_features(critic: MetricCritic, feats: torch.Tensor) -> torch.Tensor
     """Predicted metric ``(N,)`` in its own units from precomputed features ``(N, F)``."""
     critic.eval()
     z = torch.cat([critic(feats[i : i + 8192].float()) for i in range(0, len(feats), 8192)])
-    return denormalize_metric(z * critic.y_std + critic.y_mean, critic.metric, critic.task.name)
+    return critic.task.denormalize_metric(z * critic.y_std + critic.y_mean, critic.metric)
 
 
 def _r2_rms(pred: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -184,7 +183,7 @@ def fit_critic(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, cfg.epochs)
     gen = torch.Generator().manual_seed(cfg.seed)
     best: tuple[float, int, dict] = (math.inf, -1, {})
-    raw_va = denormalize_metric(y_va, metric, zoo.task)
+    raw_va = task.denormalize_metric(y_va, metric)
     for epoch in range(cfg.epochs):
         critic.train()
         perm = torch.randperm(len(x_tr), generator=gen)

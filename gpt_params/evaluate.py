@@ -1,91 +1,19 @@
-"""Numbers about one-step updates: sampling in raw parameter space and G.pt's prompt alignment."""
+"""Numbers about one-step updates, every one measured through :meth:`LearnedOptimizer.step`: G.pt's
+prompt alignment, and one step against the task's gradient baseline from the same inits.
+Returns numbers, never plots (``gpt_params.plots`` draws them)."""
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from gpt_params.critic import NO_CRITIC
-from gpt_params.diffusion import sample
-from gpt_params.errors import GptParamsError
-from gpt_params.export import Exported
-from gpt_params.normalize import normalize_metric
-from gpt_params.tasks.base import Task
-
-
-def one_step(
-    exp: Exported,
-    theta: torch.Tensor,
-    start_metric: torch.Tensor,
-    prompt: torch.Tensor,
-    num_inference_steps: int = 5,
-    guidance_scale: float = 1.0,
-    sampler: str = "ddim",
-    generator: torch.Generator | None = None,
-    clamp: bool = True,
-) -> torch.Tensor:
-    """One G.pt update of raw parameters ``theta`` ``(B, D)`` given raw metrics ``(B,)``; returns ``(B, D)``."""
-    metric, task = exp.meta["metric"], exp.meta["task"]
-    device = next(exp.model.parameters()).device
-    z = exp.normalizer.normalize(theta.to(device).float())
-    out = sample(
-        exp.model,
-        exp.diffusion,
-        z,
-        normalize_metric(start_metric.to(device).float(), metric, task),
-        normalize_metric(prompt.to(device).float(), metric, task),
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        sampler=sampler,
-        generator=generator,
-        clamp=exp.clamp if clamp else None,
-    )
-    return exp.normalizer.denormalize(out).cpu()
-
-
-def critic_select(
-    exp: Exported, candidates: torch.Tensor, prompt: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Of ``candidates`` ``(B, k, D)`` (raw), the one per network whose metric as the export's critic
-    predicts it is nearest ``prompt`` ``(B,)``: returns it ``(B, D)`` and the predictions ``(B, k)``.
-    Nothing is evaluated: no data, no rollouts."""
-    if exp.critic is None:
-        raise GptParamsError(NO_CRITIC)
-    b, k, d = candidates.shape
-    pred = exp.critic.predict(candidates.reshape(b * k, d)).reshape(b, k)
-    pick = (pred - prompt.reshape(b, 1).to(pred)).abs().argmin(-1)  # (B,)
-    return candidates[torch.arange(b), pick], pred
-
-
-def one_step_critic(
-    exp: Exported,
-    theta: torch.Tensor,
-    start_metric: torch.Tensor,
-    prompt: torch.Tensor,
-    num_samples: int = 1,
-    **sample_kw,
-) -> torch.Tensor:
-    """:func:`one_step` with ``num_samples`` candidates per network, the critic's choice kept
-    (:func:`critic_select`); plain :func:`one_step` when ``num_samples`` is 1."""
-    if num_samples == 1:
-        return one_step(exp, theta, start_metric, prompt, **sample_kw)
-    b = len(theta)
-    out = one_step(
-        exp,
-        theta.repeat_interleave(num_samples, 0),
-        start_metric.repeat_interleave(num_samples),
-        prompt.repeat_interleave(num_samples),
-        **sample_kw,
-    ).reshape(b, num_samples, -1)  # (B, k, D)
-    return critic_select(exp, out, prompt)[0]
-
-
-def achieved_metric(metric: str, kind: str) -> str:
-    """What outputs of a model conditioned on ``metric`` are scored by: the test split's version of it for
-    supervised tasks (``val_loss`` -> ``test_loss``), the metric itself (a return) for RL tasks."""
-    if kind != "supervised":
-        return metric
-    return "test_" + metric.split("_", 1)[1]
+from gpt_params.errors import ZooError
+from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.tasks.base import Baseline, BaselineConfig, Task
+from gpt_params.zoo_reader import Zoo
 
 
 def r_squared(prompted: np.ndarray, achieved: np.ndarray) -> float:
@@ -99,35 +27,34 @@ def r_squared(prompted: np.ndarray, achieved: np.ndarray) -> float:
 
 
 def prompt_alignment(
-    exp: Exported,
-    task: Task,
+    opt: LearnedOptimizer,
     theta: torch.Tensor,
     n_prompts: int = 20,
     achieved_metric: str | None = None,
-    best_prompt: float | None = None,
-    num_samples: int = 1,
-    **sample_kw,
+    task: Task | None = None,
+    **step_kw,
 ) -> dict:
     """G.pt's prompt alignment: for each network in ``theta`` ``(N, D)``, ``n_prompts`` prompts evenly
-    spaced between the best prompt and its starting metric; R^2 of achieved vs prompted per network,
-    averaged. Achieved values are ``achieved_metric`` (default: the conditioning metric) of the outputs.
-    ``num_samples`` > 1 draws that many candidates per prompt and keeps the critic's choice."""
-    metric = exp.meta["metric"]
+    spaced between the model's best prompt and the network's starting metric; one
+    :meth:`LearnedOptimizer.step` per prompt (``step_kw``: sampler, guidance, samples, generator...);
+    R^2 of achieved vs prompted per network, averaged. ``task`` scores the starts and the outputs
+    (default: the model's; e.g. ``task.held_out(n)`` for held-out episodes); achieved values are its
+    ``achieved_metric`` (default: the conditioning metric) of the outputs."""
+    task = task or opt.task
+    metric = opt.metric_name
     achieved_metric = achieved_metric or metric
-    start = torch.as_tensor(task.evaluate(theta)[metric])  # (N,)
-    best = exp.meta["best_prompt"] if best_prompt is None else best_prompt
+    start = torch.as_tensor(task.evaluate_only(theta, (metric,))[metric], dtype=torch.float32)  # (N,)
+    best = opt.best_prompt
     frac = torch.linspace(0, 1, n_prompts)
     prompts = best + frac[None] * (start[:, None] - best)  # (N, P)
     n = len(theta)
-    flat = one_step_critic(
-        exp,
+    flat = opt.step(
         theta.repeat_interleave(n_prompts, 0),
-        start.repeat_interleave(n_prompts),
         prompts.reshape(-1),
-        num_samples,
-        **sample_kw,
-    )
-    achieved = task.evaluate(flat)[achieved_metric].reshape(n, n_prompts)
+        current_loss=start.repeat_interleave(n_prompts),
+        **step_kw,
+    )  # (N * P, D)
+    achieved = task.evaluate_only(flat.cpu(), (achieved_metric,))[achieved_metric].reshape(n, n_prompts)
     p = prompts.numpy()
     # a net that already starts at the best prompt has no prompt range to align over (a lucky
     # CartPole init that already balances for 500 steps, say): it is left out and counted
@@ -143,3 +70,91 @@ def prompt_alignment(
         "metric": metric,
         "achieved_metric": achieved_metric,
     }
+
+
+@dataclass
+class OneStepResult:
+    """One model's one step from unseen inits against its task's gradient baseline (medians over nets)."""
+
+    model: str
+    task: str
+    metric: str  # what is reported: test_loss, test_error or return_mean (held-out episodes)
+    nets: int
+    start: float
+    prompt: float
+    achieved: float
+    baseline: Baseline = field(repr=False)
+    step_seconds: float  # one G.pt step per net, measuring the current metric included
+    alignment: dict = field(repr=False)
+
+    @property
+    def baseline_steps(self) -> float:
+        """Median gradient steps to match each net's one-step score (inf when most never did)."""
+        return float(np.median(self.baseline.steps))
+
+    @property
+    def baseline_matched(self) -> float:
+        return float(np.isfinite(self.baseline.steps).mean())
+
+
+def one_step_vs_gradient(
+    name: str,
+    opt: LearnedOptimizer,
+    theta0: torch.Tensor,
+    cfg: BaselineConfig,
+    prompts: int = 10,
+    sampler_steps: int = 5,
+) -> OneStepResult:
+    """One step from ``theta0`` ``(N, D)`` prompted for the model's best metric (its default guidance
+    and candidates), scored on held-out data (``Task.score_held_out``), against the task's gradient
+    baseline from the same inits (``Task.gradient_baseline``), with G.pt's prompt alignment
+    (``prompts`` per net, scored by the held-out version of the conditioning metric)."""
+    task = opt.task
+
+    def step(theta: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(cfg.seed)
+        return opt.step(theta, opt.best_prompt, num_inference_steps=sampler_steps, generator=g)
+
+    step(theta0[:1])  # warm-up
+    t0 = time.perf_counter()
+    new = step(theta0)
+    seconds = (time.perf_counter() - t0) / len(theta0)
+    metric, start = task.score_held_out(theta0, opt.metric_name, cfg)
+    _, achieved = task.score_held_out(new, opt.metric_name, cfg)
+    baseline = task.gradient_baseline(theta0, metric, achieved, cfg)
+    align = prompt_alignment(
+        opt,
+        theta0,
+        n_prompts=prompts,
+        achieved_metric=task.held_out_metric(opt.metric_name),
+        num_inference_steps=sampler_steps,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    return OneStepResult(
+        model=name,
+        task=task.name,
+        metric=metric,
+        nets=len(theta0),
+        start=float(np.median(start)),
+        prompt=opt.best_prompt,
+        achieved=float(np.median(achieved)),
+        baseline=baseline,
+        step_seconds=seconds,
+        alignment=align,
+    )
+
+
+def load_unseen(
+    model: str, zoo_path: str, nets: int, split: str = "test", device: str | None = None
+) -> tuple[LearnedOptimizer, Zoo, np.ndarray, torch.Tensor]:
+    """The model, the zoo, the first ``nets`` rows of ``split`` (runs no model trained on the zoo saw)
+    and their inits ``(N, D)``; a :class:`~gpt_params.errors.GptParamsError` for a missing model, a
+    zoo of another task or too few runs."""
+    opt = LearnedOptimizer.from_pretrained(model, device=device)
+    zoo = Zoo(zoo_path)
+    zoo.require_task(opt.task.name)
+    rows = zoo.unseen_runs(nets, split)
+    if len(rows) == 0:
+        raise ZooError(f"zoo {zoo_path!r} has no {split}-split runs")
+    theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
+    return opt, zoo, rows, theta0

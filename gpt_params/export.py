@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
@@ -18,9 +19,43 @@ from gpt_params.layout import ParamLayout
 from gpt_params.model import ModelConfig, ParamDiffusionTransformer
 from gpt_params.normalize import ParamNormalizer
 from gpt_params.tasks import get_task
+from gpt_params.tasks.base import Task
 
 EXPORT_VERSION = 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+# what ``num_samples > 1`` candidates become: the best one, their average, the one nearest the prompt,
+# or the one the model's learned critic predicts nearest the prompt (nothing measured)
+COMBINE = ("best", "mean", "nearest", "critic")
+# the metadata the optimizer depends on; :func:`export_meta` builds it, :func:`load_export` checks it
+REQUIRED_META = ("task", "layout", "metric", "metric_range", "best_prompt")
+
+
+def export_meta(
+    task: Task,
+    metric: str,
+    final_metric: np.ndarray,
+    all_metric: np.ndarray,
+    **extra,
+) -> dict:
+    """The export's contract with :class:`~gpt_params.optimizer.LearnedOptimizer`: the task and its
+    layout, the conditioning ``metric``, the range of it the model was trained on (``all_metric``,
+    every checkpoint of the training runs) and its best prompt: the value the best 5% of training
+    runs end at (``final_metric`` ``(R,)``, where each run ends), reachable unlike the zoo's single best
+    value. ``extra`` (zoo and training summaries) is stored alongside."""
+    if metric not in task.metric_names:
+        raise GptParamsError(f"metric {metric!r} is not one of task {task.name!r}'s {task.metric_names}")
+    finite = np.isfinite(all_metric)
+    if not finite.any():
+        raise GptParamsError(f"no finite {metric} value to train on")
+    higher = task.higher_is_better(metric)
+    return {
+        "task": task.name,
+        "layout": task.layout.to_json(),
+        "metric": metric,
+        "metric_range": [float(all_metric[finite].min()), float(all_metric[finite].max())],
+        "best_prompt": float(np.nanquantile(final_metric, 0.95 if higher else 0.05)),
+        **extra,
+    }
 
 
 @dataclass
@@ -120,6 +155,9 @@ def load_export(path: str | Path, device: str | torch.device | None = None) -> E
         raise GptParamsError(
             f"{str(path)!r} has export version {meta.get('export_version')}, expected {EXPORT_VERSION}"
         )
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise GptParamsError(f"{str(cfg_file)!r} lacks {missing}; expected the keys {list(REQUIRED_META)}")
     try:
         tensors = load_file(str(weights), device="cpu")
         tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
@@ -165,8 +203,6 @@ def convert_export(
     ``default_guidance`` sets the classifier-free guidance scale the model samples with when a call
     names none (stored in the config; 1 when absent); ``default_samples`` and ``default_combine`` the
     candidates per update and how one is kept (1 and "best" when absent; "critic" needs a critic)."""
-    from gpt_params.optimizer import COMBINE  # the optimizer imports this module
-
     exp = load_export(src)
     meta = dict(exp.meta)
     if default_guidance is not None:

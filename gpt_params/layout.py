@@ -114,6 +114,27 @@ class ParamLayout:
     def describe(self) -> str:
         return ", ".join(f"{n}{list(s)}" for n, s in zip(self.names, self.shapes, strict=True))
 
+    def describe_shapes(self) -> str:
+        """``"fc1.weight (10, 784), fc1.bias (10,), ..."``."""
+        return describe_named(zip(self.names, self.shapes, strict=True))
+
+    def match(self, named: Sequence[tuple[str, torch.Tensor]], expected: str | None = None) -> list[str]:
+        """The names in ``named`` (a module's or state dict's ``(name, tensor)`` pairs, in order) that hold
+        this layout's tensors, in layout order.
+
+        By name when every layout name is there with its shape (the task's own module, an SB3 policy
+        with its value network beside the actor); otherwise by position when the tensors have the
+        layout's shapes in its order (an ``nn.Sequential``, a class with other names). Anything else is
+        a :class:`LayoutError` naming ``expected`` (default: the layout) and what was given.
+        """
+        given = {n: tuple(t.shape) for n, t in named}
+        if all(given.get(n) == s for n, s in zip(self.names, self.shapes, strict=True)):
+            return list(self.names)
+        if [tuple(t.shape) for _, t in named] == list(self.shapes):
+            return [n for n, _ in named]
+        got = describe_named((n, tuple(t.shape)) for n, t in named) or "no tensors"
+        raise LayoutError(f"expected {expected or self.describe_shapes()}, got {got}")
+
     # -- serialisation ---------------------------------------------------------------------------
 
     def to_json(self) -> str:
@@ -123,6 +144,11 @@ class ParamLayout:
     def from_json(cls, text: str) -> ParamLayout:
         d = json.loads(text)
         return cls(tuple(d["names"]), tuple(tuple(s) for s in d["shapes"]))
+
+
+def describe_named(named) -> str:
+    """``[("fc1.weight", (10, 784)), ...]`` -> ``"fc1.weight (10, 784), ..."``."""
+    return ", ".join(f"{n} {tuple(s)}" for n, s in named)
 
 
 @dataclass(frozen=True)

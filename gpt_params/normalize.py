@@ -1,5 +1,5 @@
-"""Normalisation of parameters (fitted on train-split runs, stored with the model) and of metrics
-(a fixed transform per metric kind, so prompts are comparable across zoos)."""
+"""Normalisation of parameters, fitted on train-split runs and stored with the model. (Metrics are
+normalised by their task: ``Task.normalize_metric``.)"""
 
 from __future__ import annotations
 
@@ -9,35 +9,6 @@ import numpy as np
 import torch
 
 from gpt_params.layout import ParamLayout
-
-RETURN_SCALE = {"cartpole": 500.0}  # max return of each RL task
-
-
-def metric_kind(metric: str) -> str:
-    """'loss', 'error' or 'return' from a metric name such as 'val_loss' or 'return_mean'."""
-    for kind in ("loss", "error", "return"):
-        if kind in metric:
-            return kind
-    raise ValueError(f"metric {metric!r} is not a loss, error or return")
-
-
-def normalize_metric(values: torch.Tensor, metric: str, task: str) -> torch.Tensor:
-    """log-loss for losses, the rate itself for errors, return / max return for returns."""
-    kind = metric_kind(metric)
-    if kind == "loss":
-        return torch.log(values.clamp(min=1e-6))
-    if kind == "error":
-        return values
-    return values / RETURN_SCALE.get(task, 1.0)
-
-
-def denormalize_metric(values: torch.Tensor, metric: str, task: str) -> torch.Tensor:
-    kind = metric_kind(metric)
-    if kind == "loss":
-        return torch.exp(values)
-    if kind == "error":
-        return values
-    return values * RETURN_SCALE.get(task, 1.0)
 
 
 @dataclass

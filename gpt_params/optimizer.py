@@ -4,8 +4,11 @@
     >>> net = opt.task.build(seed=123)                      # an unseen random init
     >>> better = opt.step(net, target_loss=opt.best_prompt)  # a new nn.Module; ``net`` is untouched
 
-``params`` may be an ``nn.Module`` of the task's architecture, its ``state_dict``, a flat ``(D,)``
-tensor, a ``(B, D)`` batch, or a list of any of those; the result has the same kind.
+``params`` may be any ``nn.Module`` or ``state_dict`` whose parameter tensors have the task's shapes in
+the task's order (the task's own module, an ``nn.Sequential``, a class of the user's with other names,
+an SB3 policy), a flat ``(D,)`` tensor, a ``(B, D)`` batch, or a list of any of those; the result has
+the same kind, names and device. This class is the only code that computes a G.pt update: the
+evaluation scripts, ``gpt-params demo`` and validation during training all call :meth:`step`.
 """
 
 from __future__ import annotations
@@ -23,17 +26,13 @@ import torch
 from torch import nn
 
 from gpt_params.critic import NO_CRITIC
+from gpt_params.diffusion import SAMPLERS, sample
 from gpt_params.errors import GptParamsError, LayoutError
-from gpt_params.evaluate import critic_select, one_step
-from gpt_params.export import Exported, load_export
-from gpt_params.normalize import metric_kind
+from gpt_params.export import COMBINE, Exported, load_export
 from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-# what ``num_samples > 1`` candidates become: the best one, their average, the one nearest the prompt,
-# or the one the model's learned critic predicts nearest the prompt (nothing measured)
-COMBINE = ("best", "mean", "nearest", "critic")
 
 
 def pretrained_names() -> tuple[str, ...]:
@@ -41,6 +40,29 @@ def pretrained_names() -> tuple[str, ...]:
     if not PRETRAINED_DIR.is_dir():
         return ()
     return tuple(sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file()))
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine; a one-line :class:`GptParamsError`
+    for an unknown string or an accelerator that is not there."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GptParamsError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GptParamsError(f"device {str(device)!r}: CUDA is not available on this machine; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise GptParamsError(
+                f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise GptParamsError(f"device {str(device)!r}: MPS is not available on this machine; use 'cpu'")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise GptParamsError(f"device {str(device)!r} is not supported; expected cpu, cuda, cuda:N or mps")
+    return dev
 
 
 @dataclass
@@ -55,6 +77,7 @@ class StepReport:
     measure_seconds: float  # measuring ``current_loss`` when it was not given
     # (networks, num_samples) validation metric of each candidate; the critic's prediction with "critic"
     candidate_metrics: list[list[float]] | None
+    prompts: list[float]  # the prompt of each network after clamping to what the model can reach
 
     @property
     def seconds(self) -> float:
@@ -68,7 +91,8 @@ class LearnedOptimizer:
         self.exported = exported
         self.task = task if task is not None else get_task(exported.meta["task"])
         self.metric_name: str = exported.meta["metric"]  # e.g. "val_loss" or "return_mean"
-        self.metric: str = metric_kind(self.metric_name)  # "loss", "error" or "return"
+        self.metric: str = self.task.metric_kind(self.metric_name)  # "loss", "error" or "return"
+        self.higher_is_better: bool = self.task.higher_is_better(self.metric_name)
         lo, hi = exported.meta["metric_range"]
         self.metric_range: tuple[float, float] = (float(lo), float(hi))
         self.best_prompt: float = float(exported.meta["best_prompt"])
@@ -85,10 +109,12 @@ class LearnedOptimizer:
     def from_pretrained(
         cls, name_or_path: str | Path, device: str | torch.device | None = None, **task_options
     ) -> LearnedOptimizer:
-        """Load a shipped model by name (see :func:`pretrained_names`) or an export directory.
+        """Load a shipped model by name (see :func:`pretrained_names`) or an export directory, onto
+        ``device`` (default CPU; an unknown or absent device is a :class:`GptParamsError`).
 
         ``task_options`` go to :func:`gpt_params.tasks.get_task` (e.g. ``data_dir`` for full MNIST).
         """
+        dev = resolve_device(device)
         path = Path(name_or_path)
         if not path.exists():
             if str(name_or_path) in pretrained_names():
@@ -99,7 +125,7 @@ class LearnedOptimizer:
                     f"unknown model {str(name_or_path)!r}: not a directory and not a shipped model "
                     f"(shipped: {shipped})"
                 )
-        exported = load_export(path, device=device)
+        exported = load_export(path, device=dev)
         task = get_task(exported.meta["task"], **task_options) if task_options else None
         return cls(exported, task)
 
@@ -132,14 +158,19 @@ class LearnedOptimizer:
         guidance_scale: float | None = None,
         num_samples: int | None = None,
         combine: str | None = None,
+        sampler: str = "ddim",
         generator: torch.Generator | None = None,
+        clamp_prompt: bool = True,
         target_error: float | Sequence[float] | torch.Tensor | None = None,
         target_return: float | Sequence[float] | torch.Tensor | None = None,
     ):
         """One G.pt update of ``params`` toward the prompted metric; returns the same kind as ``params``.
 
         ``target_loss`` is the prompt in the model's own metric (:attr:`metric`); ``target_error`` and
-        ``target_return`` are aliases accepted when the model's metric is an error or a return.
+        ``target_return`` are aliases accepted when the model's metric is an error or a return. A
+        prompt beyond what the model can reach (better than :attr:`best_prompt`, or worse than the
+        worst metric it was trained on) is clamped to the reachable end with a warning;
+        ``clamp_prompt=False`` keeps it as given.
         ``current_loss`` (the model's metric of ``params``) is measured on the validation split
         (or by seeded rollouts) when omitted. ``num_samples > 1`` draws that many candidates per network
         and, with ``combine="best"``, keeps the one with the best validation metric, with
@@ -149,14 +180,13 @@ class LearnedOptimizer:
         :attr:`has_critic`), or with ``combine="mean"`` returns their average (the sampler's estimate
         of the mean update, which measures nothing); :attr:`last_report` holds the costs.
         ``guidance_scale``, ``num_samples`` and ``combine`` default to the model's
-        :attr:`default_guidance`, :attr:`default_samples` and :attr:`default_combine`.
+        :attr:`default_guidance`, :attr:`default_samples` and :attr:`default_combine`; ``sampler`` is
+        ``"ddim"`` or ``"ddpm"`` with ``num_inference_steps`` steps.
         """
         theta, rebuild = self._to_batch(params)  # (B, D)
-        prompt = self._prompt(target_loss, target_error, target_return, len(theta))
-        out = self._step(
-            theta, prompt, current_loss, num_inference_steps, guidance_scale, num_samples, combine, generator
-        )
-        return rebuild(out)
+        prompt = self._prompt(target_loss, target_error, target_return, len(theta), clamp_prompt)
+        kw = self._sampling(num_inference_steps, guidance_scale, num_samples, combine, sampler)
+        return rebuild(self._step(theta, prompt, current_loss, generator, **kw))
 
     def optimize(
         self,
@@ -169,7 +199,9 @@ class LearnedOptimizer:
         guidance_scale: float | None = None,
         num_samples: int | None = None,
         combine: str | None = None,
+        sampler: str = "ddim",
         generator: torch.Generator | None = None,
+        clamp_prompt: bool = True,
         target_error: float | Sequence[float] | torch.Tensor | None = None,
         target_return: float | Sequence[float] | torch.Tensor | None = None,
     ):
@@ -178,19 +210,16 @@ class LearnedOptimizer:
         if not isinstance(steps, int) or steps < 1:
             raise GptParamsError(f"steps must be a positive integer, got {steps!r}")
         theta, rebuild = self._to_batch(params)
-        prompt = self._prompt(target_loss, target_error, target_return, len(theta))
+        prompt = self._prompt(target_loss, target_error, target_return, len(theta), clamp_prompt)
+        kw = self._sampling(num_inference_steps, guidance_scale, num_samples, combine, sampler)
         for i in range(steps):
-            theta = self._step(
-                theta,
-                prompt,
-                current_loss if i == 0 else None,
-                num_inference_steps,
-                guidance_scale,
-                num_samples,
-                combine,
-                generator,
-            )
+            theta = self._step(theta, prompt, current_loss if i == 0 else None, generator, **kw)
         return rebuild(theta)
+
+    def vectors(self, params) -> torch.Tensor:
+        """The flat parameter vectors ``(B, D)`` of ``params`` in the task's layout, matched as
+        :meth:`step` matches them (by name, else by position)."""
+        return self._to_batch(params)[0]
 
     def measure(self, params) -> np.ndarray:
         """The model's metric (:attr:`metric_name`) of each network in ``params``, shape ``(B,)``."""
@@ -200,29 +229,14 @@ class LearnedOptimizer:
     # -- internals -------------------------------------------------------------------------------
 
     def _measure(self, theta: torch.Tensor) -> np.ndarray:
-        return np.asarray(self.task.evaluate_only(theta, (self.metric_name,))[self.metric_name])
+        """Tasks score on the CPU, where their data and environments live."""
+        return np.asarray(self.task.evaluate_only(theta.cpu(), (self.metric_name,))[self.metric_name])
 
-    def _better(self, a: np.ndarray) -> np.ndarray:
-        """Index of the best candidate along the last axis."""
-        return a.argmax(-1) if self.metric == "return" else a.argmin(-1)
-
-    def _step(
-        self,
-        theta: torch.Tensor,
-        prompt: torch.Tensor,
-        current_loss,
-        num_inference_steps: int,
-        guidance_scale: float | None,
-        num_samples: int | None,
-        combine: str | None,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        if guidance_scale is None:
-            guidance_scale = self.default_guidance
-        if num_samples is None:
-            num_samples = self.default_samples
-        if combine is None:
-            combine = self.default_combine
+    def _sampling(self, num_inference_steps, guidance_scale, num_samples, combine, sampler) -> dict:
+        """The sampling settings of a call, the model's defaults filled in, each checked."""
+        guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
+        num_samples = self.default_samples if num_samples is None else num_samples
+        combine = self.default_combine if combine is None else combine
         if not isinstance(num_samples, int) or num_samples < 1:
             raise GptParamsError(f"num_samples must be a positive integer, got {num_samples!r}")
         if combine not in COMBINE:
@@ -233,48 +247,108 @@ class LearnedOptimizer:
             raise GptParamsError(
                 f"num_inference_steps must be a positive integer, got {num_inference_steps!r}"
             )
-        if not math.isfinite(guidance_scale):
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
             raise GptParamsError(f"guidance_scale must be finite, got {guidance_scale!r}")
-        b = len(theta)
+        if sampler not in SAMPLERS:
+            raise GptParamsError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        return {
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": float(guidance_scale),
+            "num_samples": num_samples,
+            "combine": combine,
+            "sampler": sampler,
+        }
+
+    def _sample(
+        self,
+        theta: torch.Tensor,
+        start_metric: torch.Tensor,
+        prompt: torch.Tensor,
+        num_inference_steps: int,
+        guidance_scale: float,
+        sampler: str,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """One draw of raw parameters ``(B, D)`` per row of raw ``theta`` ``(B, D)``, raw metrics
+        ``(B,)`` and prompts ``(B,)``, on the model's device."""
+        exp, task, metric = self.exported, self.task, self.metric_name
+        device = self.device
+        z = exp.normalizer.normalize(theta.to(device, torch.float32))
+        out = sample(
+            exp.model,
+            exp.diffusion,
+            z,
+            task.normalize_metric(start_metric.to(device, torch.float32), metric),
+            task.normalize_metric(prompt.to(device, torch.float32), metric),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            sampler=sampler,
+            generator=generator,
+            clamp=exp.clamp,
+        )
+        return exp.normalizer.denormalize(out)
+
+    def _pick(self, candidates: torch.Tensor, prompt: torch.Tensor, combine: str):
+        """One network ``(B, D)`` of ``candidates`` ``(B, k, D)`` as ``combine`` says, and the metric
+        ``(B, k)`` it chose by (measured, or the critic's prediction; None for ``"mean"``)."""
+        b, k, d = candidates.shape
+        if combine == "mean":
+            return candidates.mean(1), None
+        if combine == "critic":
+            metrics = self.exported.critic.predict(candidates.reshape(b * k, d)).reshape(b, k).numpy()
+        else:
+            metrics = self._measure(candidates.reshape(b * k, d)).reshape(b, k)
+        if combine in ("critic", "nearest"):
+            pick = np.abs(metrics - prompt.cpu().numpy()[:, None]).argmin(-1)  # (B,)
+        else:
+            pick = metrics.argmax(-1) if self.higher_is_better else metrics.argmin(-1)
+        rows = torch.arange(b, device=candidates.device)
+        return candidates[rows, torch.as_tensor(pick, device=candidates.device)], metrics
+
+    def _step(
+        self,
+        theta: torch.Tensor,
+        prompt: torch.Tensor,
+        current_loss,
+        generator: torch.Generator | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_samples: int,
+        combine: str,
+        sampler: str,
+    ) -> torch.Tensor:
+        """One update of ``theta`` ``(B, D)``; returns ``(B, D)`` on the model's device."""
+        b, k = len(theta), num_samples
         t0 = time.perf_counter()
         if current_loss is None:
             start = torch.as_tensor(self._measure(theta), dtype=torch.float32)
         else:
             start = self._per_network(current_loss, b, "current_loss")
         t1 = time.perf_counter()
-        out = one_step(
-            self.exported,
-            theta.repeat_interleave(num_samples, 0),
-            start.repeat_interleave(num_samples),
-            prompt.repeat_interleave(num_samples),
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-        ).reshape(b, num_samples, -1)  # (B, k, D)
+        out = self._sample(
+            theta.repeat_interleave(k, 0),
+            start.repeat_interleave(k),
+            prompt.repeat_interleave(k),
+            num_inference_steps,
+            guidance_scale,
+            sampler,
+            generator,
+        ).reshape(b, k, -1)  # (B, k, D)
         t2 = time.perf_counter()
         metrics = None
-        if num_samples > 1 and combine == "mean":
-            out = out.mean(1)  # (B, D)
-        elif num_samples > 1 and combine == "critic":
-            out, pred = critic_select(self.exported, out, prompt)
-            metrics = pred.numpy()
-        elif num_samples > 1:
-            metrics = self._measure(out.reshape(b * num_samples, -1)).reshape(b, num_samples)
-            if combine == "nearest":
-                pick = np.abs(metrics - prompt.numpy()[:, None]).argmin(-1)  # (B,)
-            else:
-                pick = self._better(metrics)
-            out = out[torch.arange(b), torch.as_tensor(pick)]  # (B, D)
+        if k > 1:
+            out, metrics = self._pick(out, prompt, combine)
         else:
             out = out[:, 0]
         self.last_report = StepReport(
             networks=b,
-            num_samples=num_samples,
+            num_samples=k,
             combine=combine,
             sample_seconds=t2 - t1,
             select_seconds=time.perf_counter() - t2,
             measure_seconds=t1 - t0 if current_loss is None else 0.0,
             candidate_metrics=metrics.tolist() if metrics is not None else None,
+            prompts=prompt.tolist(),
         )
         return out
 
@@ -290,7 +364,7 @@ class LearnedOptimizer:
             raise GptParamsError(f"{what} contains NaN or Inf: {v.tolist()}")
         return v.clone()
 
-    def _prompt(self, target_loss, target_error, target_return, b: int) -> torch.Tensor:
+    def _prompt(self, target_loss, target_error, target_return, b: int, clamp: bool) -> torch.Tensor:
         given = {
             k: v
             for k, v in (
@@ -311,25 +385,38 @@ class LearnedOptimizer:
                 f"use target_loss or target_{self.metric}"
             )
         prompt = self._per_network(value, b, name)
-        lo, hi = self.metric_range
-        outside = prompt[(prompt < lo) | (prompt > hi)]
-        if len(outside):
-            warnings.warn(
-                f"{name} {outside.tolist()} lies outside the {self.metric_name} range the model was trained on "
-                f"[{lo:.4g}, {hi:.4g}]; it can reach about {self.best_prompt:.4g} at best",
-                stacklevel=3,
-            )
+        lo, hi = self.reachable
+        outside = (prompt < lo) | (prompt > hi)
+        if outside.any():
+            asked = sorted(set(prompt[outside].tolist()))
+            what = f"{name} {asked[0] if len(asked) == 1 else asked} lies beyond what the model can reach"
+            span = f"[{lo:.4g}, {hi:.4g}] in {self.metric_name}, best {self.best_prompt:.4g}"
+            if clamp:
+                prompt = prompt.clamp(lo, hi)
+                to = sorted(set(prompt[outside].tolist()))
+                msg = f"{what} ({span}); clamped to {to[0] if len(to) == 1 else to} (clamp_prompt=False keeps it)"
+            else:
+                msg = f"{what} ({span}); kept as given (clamp_prompt=False)"
+            warnings.warn(msg, stacklevel=3)
         return prompt
 
+    @property
+    def reachable(self) -> tuple[float, float]:
+        """Prompts the model can reach: from the worst metric it was trained on to :attr:`best_prompt`
+        (the value the best 5% of its training runs end at), as ``(low, high)``."""
+        lo, hi = self.metric_range
+        return (lo, self.best_prompt) if self.higher_is_better else (self.best_prompt, hi)
+
     def _to_batch(self, params):
-        """``params`` -> ``(B, D)`` float tensor and a function turning a result back into the input's kind."""
+        """``params`` -> ``(B, D)`` float tensor on the input's device and a function turning a result
+        back into the input's kind, names, dtype and device."""
         layout = self.task.layout
         if isinstance(params, (list, tuple)):
             if not params:
                 raise GptParamsError("params is an empty list; expected networks to update")
             parts = [self._to_batch(p) for p in params]
             sizes = [len(t) for t, _ in parts]
-            theta = torch.cat([t for t, _ in parts])
+            theta = torch.cat([t.to(parts[0][0].device) for t, _ in parts])
             offsets = np.cumsum([0, *sizes])
 
             def rebuild_list(out: torch.Tensor):
@@ -339,17 +426,25 @@ class LearnedOptimizer:
 
             return theta, rebuild_list
         if isinstance(params, nn.Module):
-            theta = layout.flatten(params)[None].float()
+            named = list(params.named_parameters())
+            names = layout.match(named, self.task.describe_network())
+            own = dict(named)
+            theta = torch.cat([own[n].detach().reshape(-1) for n in names])[None].float()  # (1, D)
             self._check_finite(theta)
 
             def rebuild_module(out: torch.Tensor) -> nn.Module:
                 new = copy.deepcopy(params)
-                layout.load_into(new, out[0].to(dtype=theta.dtype))
+                mine = dict(new.named_parameters())
+                with torch.no_grad():
+                    for n, t in zip(names, layout.unflatten(out[0]).values(), strict=True):
+                        mine[n].copy_(t)
                 return new
 
             return theta, rebuild_module
         if isinstance(params, Mapping):
-            theta = layout.flatten(params)[None].float()
+            named = [(k, v) for k, v in params.items() if torch.is_tensor(v)]
+            names = layout.match(named, self.task.describe_network())
+            theta = torch.cat([params[n].detach().reshape(-1) for n in names])[None].float()  # (1, D)
             self._check_finite(theta)
 
             def rebuild_state(out: torch.Tensor) -> dict:
@@ -357,8 +452,8 @@ class LearnedOptimizer:
                     k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
                     for k, v in params.items()
                 }
-                for name, t in layout.unflatten(out[0]).items():
-                    new[name] = t.to(dtype=params[name].dtype, device=params[name].device).clone()
+                for n, t in zip(names, layout.unflatten(out[0]).values(), strict=True):
+                    new[n] = t.to(dtype=params[n].dtype, device=params[n].device).clone()
                 return new
 
             return theta, rebuild_state
@@ -368,7 +463,7 @@ class LearnedOptimizer:
                     f"parameter tensor has shape {tuple(params.shape)}; expected ({layout.numel},) or "
                     f"(batch, {layout.numel}) for task {self.task.name!r}"
                 )
-            theta = params.detach().reshape(-1, layout.numel).float().cpu()
+            theta = params.detach().reshape(-1, layout.numel).float()
             self._check_finite(theta)
             single, dtype, device = params.dim() == 1, params.dtype, params.device
 

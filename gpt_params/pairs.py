@@ -17,7 +17,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from gpt_params.errors import GptParamsError
 from gpt_params.layout import ParamLayout, PermGroup, permute, random_perms
-from gpt_params.normalize import ParamNormalizer, normalize_metric
+from gpt_params.normalize import ParamNormalizer
+from gpt_params.tasks import get_task
 from gpt_params.zoo_reader import Zoo
 
 
@@ -76,7 +77,7 @@ class PairStream(IterableDataset):
         normalizer: ParamNormalizer,
         layout: ParamLayout,
         groups: tuple[PermGroup, ...],
-        task: str,
+        task: str,  # its name: a task's metric normalisation, looked up in each worker process
         seed: int = 0,
         start_step: int = 0,
     ) -> None:
@@ -132,11 +133,12 @@ class PairStream(IterableDataset):
             )
             start, future = both.chunk(2)
         m = torch.from_numpy(metric)
+        task = get_task(self.task)  # cheap: a task loads its data on first use, and this uses none
         return {
             "theta_start": self.normalizer.normalize(start),
             "theta_future": self.normalizer.normalize(future),
-            "start_metric": normalize_metric(m[slot, i], self.cfg.metric, self.task),
-            "prompt": normalize_metric(m[slot, j], self.cfg.metric, self.task),
+            "start_metric": task.normalize_metric(m[slot, i], self.cfg.metric),
+            "prompt": task.normalize_metric(m[slot, j], self.cfg.metric),
         }
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

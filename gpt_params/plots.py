@@ -104,3 +104,17 @@ def panel_grid(n: int, size: tuple[float, float] = (4.2, 3.8)) -> tuple[Figure, 
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig, axes[:n]
+
+
+def one_step_figures(results) -> tuple[Figure, Figure]:
+    """(desired-vs-observed, one-step-vs-gradient) figures of
+    :class:`~gpt_params.evaluate.OneStepResult` s, one panel per model."""
+    fig_a, axes = panel_grid(len(results))
+    for ax, r in zip(axes, results, strict=True):
+        draw_alignment(ax, r.alignment, f"{r.model}: one step")
+    fig_b, axes = panel_grid(len(results))
+    for ax, r in zip(axes, results, strict=True):
+        label = f"one G.pt step ({r.step_seconds * 1e3:.0f} ms/net)"
+        draw_vs_gradient(ax, r.baseline.curves, r.achieved, label, r.metric, xlabel=r.baseline.xlabel)
+        ax.set_title(f"{r.model}: {r.nets} unseen inits", fontsize=10)
+    return fig_a, fig_b

@@ -32,7 +32,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from gpt_params.errors import TaskError
+from gpt_params.errors import GptParamsError, TaskError
+
+SPACINGS = ("log", "linear")  # how a run's checkpoints spread over its steps (``checkpoint_steps``)
 
 SUPERVISED_PRESETS = ("gpt", "adam", "varied")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "lion")
@@ -160,3 +162,30 @@ def ppo_recipe(preset: str, rng: np.random.Generator, total_timesteps: int | Non
     if total_timesteps is not None:
         r = PPORecipe(**{**r.to_dict(), "total_timesteps": int(total_timesteps)})
     return r
+
+
+# -- runs and checkpoints -----------------------------------------------------------------------
+
+
+def run_seed(seed: int, run_id: int) -> int:
+    return int(np.random.SeedSequence([seed, run_id]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def checkpoint_steps(total: int, k: int, spacing: str = "log") -> np.ndarray:
+    """``k`` distinct steps in ``[0, total]``: 0, ``total`` and ones between, log-spaced (so the fast
+    early fall of the loss is densely sampled; steps 1, 2, 3, ... fill in where log spacing collides)
+    or evenly spaced (``spacing="linear"``)."""
+    if total < k - 1:
+        raise GptParamsError(
+            f"a run of {total} steps cannot hold {k} distinct checkpoints; lower --ckpts-per-run"
+        )
+    n = k - 1
+    if n == 1:
+        return np.array([0, total], dtype=np.int64)
+    if spacing == "linear":  # n distinct values: consecutive rounded points differ by >= 1 step
+        return np.concatenate([[0], np.round(np.linspace(total / n, total, n)).astype(np.int64)])
+    steps: np.ndarray = np.unique(np.round(np.geomspace(1, total, n)).astype(np.int64))
+    while len(steps) < n:  # collisions at small steps: widen until n distinct values
+        extra = np.setdiff1d(np.arange(1, total + 1), steps)[: n - len(steps)]
+        steps = np.unique(np.concatenate([steps, extra]))
+    return np.concatenate([[0], steps])

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from gpt_params.align import align, aligned_distances
-from gpt_params.baselines import Curve, steps_to_reach
-from gpt_params.evaluate import achieved_metric, r_squared
+from gpt_params.align import align, aligned_distances, nearest
+from gpt_params.evaluate import prompt_alignment, r_squared
 from gpt_params.harvest import HarvestConfig, harvest
 from gpt_params.layout import permute, random_perms
 from gpt_params.tasks import get_task
+from gpt_params.tasks.batched import Curve, steps_to_reach
 from gpt_params.zoo_reader import Zoo
 
 from .conftest import repo_root, tiny_export
@@ -129,10 +129,56 @@ def test_r_squared_uses_the_spread_of_the_prompts():
     assert r_squared(prompts, prompts + 1.0) < 0
 
 
-def test_achieved_metric():
-    assert achieved_metric("val_loss", "supervised") == "test_loss"
-    assert achieved_metric("val_error", "supervised") == "test_error"
-    assert achieved_metric("return_mean", "rl") == "return_mean"
+def test_outputs_are_scored_by_the_held_out_version_of_the_conditioning_metric():
+    digits, cart = get_task("digits-mlp"), get_task("cartpole")
+    assert digits.held_out_metric("val_loss") == "test_loss"
+    assert digits.held_out_metric("val_error") == "test_error"
+    assert cart.held_out_metric("return_sampled") == "return_sampled"
+
+
+class StubTask:
+    """Scores a network by its first parameter."""
+
+    def evaluate_only(self, theta, names):
+        return {n: theta[:, 0].numpy().copy() for n in names}
+
+
+class StubOptimizer:
+    """A "model" whose step lands exactly on the prompt (``exact``) or always on 1.0."""
+
+    metric_name, best_prompt, task = "val_loss", 0.2, StubTask()
+
+    def __init__(self, exact: bool) -> None:
+        self.exact, self.calls = exact, []
+
+    def step(self, theta, prompts, current_loss, **kw):
+        self.calls.append(kw)
+        out = theta.clone()
+        out[:, 0] = prompts if self.exact else 1.0
+        return out
+
+
+def test_prompt_alignment_of_a_step_that_meets_every_prompt_is_one():
+    theta = torch.rand(3, 5) + torch.tensor([[2.0], [1.0], [3.0]]) * torch.eye(5)[0]  # starts 2.x, 1.x, 3.x
+    exact = StubOptimizer(exact=True)
+    res = prompt_alignment(exact, theta, n_prompts=4, generator="g")
+    assert res["r2"] == pytest.approx(1.0) and res["r2_per_net"] == pytest.approx([1.0] * 3)
+    assert np.allclose(np.array(res["prompted"])[:, 0], 0.2) and np.allclose(res["prompted"], res["achieved"])
+    assert exact.calls == [{"generator": "g"}]  # the sampler settings reach the step
+    flat = prompt_alignment(StubOptimizer(exact=False), theta, n_prompts=4)  # ignores the prompt
+    assert flat["r2"] < 0.5
+
+
+def test_an_audited_permuted_training_checkpoint_lies_at_distance_zero():
+    task = get_task("mnist-mlp")
+    bank = torch.stack([task.flatten(task.build(s)) for s in range(5)])  # (5, D) "training checkpoints"
+    perms = random_perms(task.symmetries, 1, torch.Generator().manual_seed(3))
+    query = permute(bank[3:4], task.layout, task.symmetries, perms)  # (1, D) a memorised one, relabelled
+    assert (query - bank[3]).norm() > 1
+    dist, index = nearest(query, bank, task.layout, task.symmetries)
+    assert index[0] == 3 and dist[0] == pytest.approx(0.0, abs=1e-5)
+    other, _ = nearest(task.flatten(task.build(99))[None], bank, task.layout, task.symmetries)
+    assert other[0] > 1  # a network not in the bank is not
 
 
 @pytest.mark.parametrize("task_name", ["mnist-mlp", "cartpole"])
@@ -161,7 +207,7 @@ def test_steps_to_reach():
 
 
 def test_ppo_baseline_counts_adam_steps_and_stops_once_matched():
-    from gpt_params.baselines import ppo_steps_to_reach
+    from gpt_params.tasks.ppo import ppo_steps_to_reach
     from gpt_params.tasks.cartpole import fresh_initial_states
 
     task = get_task("cartpole")
@@ -203,7 +249,7 @@ def test_demo_cli_bad_input_is_one_line(tmp_path):
 
 
 def test_train_curves_stops_once_every_net_reached_its_target():
-    from gpt_params.baselines import train_curves
+    from gpt_params.tasks.batched import train_curves
 
     task = get_task("digits-mlp")
     theta = torch.stack([task.flatten(task.build(s)) for s in range(3)])

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -191,6 +192,30 @@ def test_corrupt_or_missing_exports_are_clear_errors(tmp_path):
         DiffusionConfig(),
         {"task": "digits-mlp", "layout": task.layout.to_json()},
     )
+    with pytest.raises(GptParamsError, match=r"lacks \['metric', 'metric_range', 'best_prompt'\]"):
+        load_export(tmp_path)  # the optimizer's contract (export.REQUIRED_META) is checked on load
+    meta = {"metric": "val_loss", "metric_range": [0.1, 2.5], "best_prompt": 0.2}
+    save_export(
+        tmp_path, model, norm, None, DiffusionConfig(),
+        {"task": "digits-mlp", "layout": task.layout.to_json(), **meta},
+    )  # fmt: skip
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(GptParamsError, match="not a readable safetensors"):
         load_export(tmp_path)
+
+
+def test_export_meta_builds_the_contract_from_the_zoos_metrics():
+    from gpt_params.errors import GptParamsError
+    from gpt_params.export import REQUIRED_META, export_meta
+
+    task = get_task("digits-mlp")
+    finals = np.linspace(0.1, 1.0, 20)  # (R,) where 20 runs end
+    every = np.concatenate([finals, [2.4, np.nan]])
+    meta = export_meta(task, "val_loss", finals, every, train={"lr": 1e-3})
+    assert set(REQUIRED_META) <= set(meta) and meta["train"] == {"lr": 1e-3}
+    assert meta["metric_range"] == [0.1, 2.4]
+    assert meta["best_prompt"] == pytest.approx(np.quantile(finals, 0.05))  # lower is better
+    cart = export_meta(get_task("cartpole"), "return_mean", finals, every)
+    assert cart["best_prompt"] == pytest.approx(np.quantile(finals, 0.95))  # higher is better
+    with pytest.raises(GptParamsError, match="metric 'test_acc' is not one of task 'digits-mlp'"):
+        export_meta(task, "test_acc", finals, every)

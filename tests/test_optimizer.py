@@ -147,8 +147,8 @@ def test_aliases(opt):
     [
         (torch.zeros(17), "expected \\(\\d+,\\) or \\(batch"),
         (torch.zeros(2, 3, 4), "expected"),
-        (torch.nn.Linear(3, 2), "missing"),
-        ({"fc1.weight": torch.zeros(1)}, "missing"),
+        (torch.nn.Linear(3, 2), r"expected the digits-mlp network \(fc1.weight \(16, 64\), .*got weight \(2, 3\)"),
+        ({"fc1.weight": torch.zeros(1)}, r"got fc1.weight \(1,\)$"),
         ("net.pt", "not understood"),
         ([], "empty list"),
     ],
@@ -170,10 +170,47 @@ def test_non_finite_inputs_are_rejected(opt):
         opt.step(theta, [0.5, 0.6])
 
 
-def test_prompt_outside_the_trained_range_warns_with_what_is_reachable(opt):
+def test_a_prompt_beyond_reach_is_clamped_to_the_reachable_end_with_a_warning(opt):
     theta = opt.task.flatten(opt.task.build(0))
-    with pytest.warns(UserWarning, match=r"outside the val_loss range .*about 0.2 at best"):
-        opt.step(theta, 0.01, current_loss=2.3)
+    best = opt.step(theta, opt.best_prompt, current_loss=2.3, generator=gen(5))
+    with pytest.warns(UserWarning, match=r"target_loss -3.0 lies beyond what the model can reach .*clamped to 0.2"):
+        clamped = opt.step(theta, -3.0, current_loss=2.3, generator=gen(5))
+    torch.testing.assert_close(clamped, best, rtol=0, atol=0)
+    assert opt.last_report.prompts == [pytest.approx(0.2)]
+    with pytest.warns(UserWarning, match="kept as given"):
+        raw = opt.step(theta, -3.0, current_loss=2.3, generator=gen(5), clamp_prompt=False)
+    assert not torch.equal(raw, best)
+    with pytest.warns(UserWarning, match="clamped to 2.5"):  # the worst end of the trained range
+        opt.step(theta, 9.0, current_loss=2.3, generator=gen(5))
+    assert opt.last_report.prompts == [pytest.approx(2.5)]
+
+
+def test_a_return_prompt_is_clamped_at_the_top(tmp_path):
+    exp = tiny_export(tmp_path, "cartpole", "return_mean", [9.0, 500.0], 480.0)
+    cart = LearnedOptimizer.from_pretrained(exp)
+    theta = cart.task.unseen_inits(1)
+    with pytest.warns(UserWarning, match="clamped to 480"):
+        cart.step(theta, 700.0, current_loss=20.0)
+    with pytest.warns(UserWarning, match="clamped to 9"):
+        cart.step(theta, 1.0, current_loss=20.0)
+    assert cart.last_report.prompts == [9.0]
+
+
+def test_a_prompt_within_reach_is_not_touched(opt, recwarn):
+    theta = opt.task.flatten(opt.task.build(0))
+    opt.step(theta, 0.7, current_loss=2.3)
+    assert opt.last_report.prompts == [pytest.approx(0.7)] and not recwarn.list
+
+
+def test_device_problems_are_one_line_errors(export_dir):
+    with pytest.raises(GptParamsError, match=r"unknown device 'gpu7'; expected cpu, cuda"):
+        LearnedOptimizer.from_pretrained(export_dir, device="gpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(GptParamsError, match="CUDA is not available on this machine"):
+            LearnedOptimizer.from_pretrained(export_dir, device="cuda")
+    else:
+        with pytest.raises(GptParamsError, match="CUDA device"):
+            LearnedOptimizer.from_pretrained(export_dir, device=f"cuda:{torch.cuda.device_count()}")
 
 
 def test_unknown_model_missing_or_corrupt_weights(tmp_path, export_dir):
@@ -232,22 +269,37 @@ def test_cli_optimize_writes_a_loadable_network(tmp_path, export_dir):
         (["--out", "x.pt"], "must end in .safetensors"),
         (["--init", "missing.safetensors"], "does not exist"),
         (["--steps", "0"], "steps must be a positive integer"),
+        (["--device", "cuda:99"], "device 'cuda:99'"),
         (["--combine", "median"], "invalid choice: 'median'"),  # argparse's own errors: one line too
     ],
 )
-def test_cli_optimize_bad_input_is_one_line(export_dir, args, match):
-    r = run_cli("--model", str(export_dir), *args)
-    assert r.returncode == 2
-    assert match in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_cli_optimize_bad_input_is_one_line(export_dir, args, match, capsys):
+    assert cli_code(["optimize", "--model", str(export_dir), *args]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_cli_unknown_model_is_one_line():
-    r = run_cli("--model", "no-such-model")
-    assert r.returncode == 2 and "unknown model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_cli_unknown_model_is_one_line(capsys):
+    assert cli_code(["optimize", "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model" in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_out_of_range_prompt_warns_in_one_line(export_dir):
-    r = run_cli("--model", str(export_dir), "--target", "99", "--seed", "1")
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.strip().startswith("gpt-params: warning: target_loss [99.0] lies outside")
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_cli_out_of_range_prompt_warns_in_one_line(export_dir, capsys):
+    assert cli_code(["optimize", "--model", str(export_dir), "--target", "99", "--seed", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("gpt-params: warning: target_loss 99.0 lies beyond what the model can reach"), err
+    assert "clamped to 2.5" in err and len(err.strip().splitlines()) == 1
+
+
+def cli_code(argv) -> int:
+    """The CLI in-process: its exit code (argparse's usage errors exit through SystemExit)."""
+    import warnings
+
+    from gpt_params.cli import main
+
+    with warnings.catch_warnings():
+        try:
+            return main(argv)
+        except SystemExit as e:
+            return e.code

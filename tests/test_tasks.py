@@ -97,7 +97,7 @@ def test_missing_or_malformed_mnist_dir_is_a_clear_error(tmp_path, mnist_dir):
 def test_actor_vector_follows_sb3_parameters_order():
     from stable_baselines3.common.utils import get_device  # noqa: F401  (SB3 importable)
 
-    from gpt_params.harvest_rl import make_ppo
+    from gpt_params.tasks.ppo import make_ppo
     from gpt_params.recipes import PPORecipe
 
     task = get_task("cartpole")

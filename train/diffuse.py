@@ -5,7 +5,7 @@
     python train/diffuse.py --zoo data/mnist-mlp.h5 --out runs/mnist-mlp-loss --resume           # continue
 
 Writes ``<out>/state/`` (accelerate checkpoints for --resume) and the export ``<out>/model.safetensors``
-+ ``<out>/config.json``. Conditioning uses a validation metric of train-split runs only.
++ ``<out>/config.json``. Conditioning uses a metric of train-split runs only (validation, by default).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,13 +32,18 @@ from gpt_params.critic import BANK_SIZE
 from gpt_params.diffusion import DiffusionConfig, diffusion_loss, train_scheduler
 from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import prompt_alignment
-from gpt_params.export import Exported, save_export
+from gpt_params.export import Exported, export_meta, save_export
 from gpt_params.model import PRESETS, ModelConfig, ParamDiffusionTransformer, count_parameters
 from gpt_params.normalize import ParamNormalizer
+from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.pairs import PairConfig, PairStream, best_index
 from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task
 from gpt_params.zoo_reader import Zoo
+
+
+def fail(message: str):
+    sys.exit(f"diffuse.py: error: {message}")
 
 
 @dataclass
@@ -51,7 +57,7 @@ class TrainConfig:
     width: int = opt(0, "override the preset's token width (0: the preset's)")
     depth: int = opt(0, "override the preset's number of transformer blocks (0: the preset's)")
     heads: int = opt(0, "override the preset's attention heads; must divide the width (0: the preset's)")
-    metric: str = opt("", "conditioning metric (default: val_loss, or return_mean for RL zoos)")
+    metric: str = opt("", "conditioning metric (default: the task's objective: val_loss, or return_mean)")
     batch_size: int = opt(256, "pairs per optimizer step and process")
     max_steps: int = opt(20_000, "optimizer steps")
     max_minutes: float = opt(
@@ -104,37 +110,38 @@ class TrainConfig:
     resume: bool = opt(False, "continue from the latest checkpoint in <out>/state")
 
 
-def model_config(cfg: TrainConfig) -> ModelConfig:
+def model_config(preset: str, tokenizer: str, width: int, depth: int, heads: int) -> ModelConfig:
     """The preset's architecture with the ``--tokenizer``/``--width``/``--depth``/``--heads`` overrides."""
-    arch = PRESETS[cfg.preset].to_dict()
-    if cfg.tokenizer:
-        if cfg.tokenizer not in ("neuron", "chunk"):
-            sys.exit(f"diffuse.py: error: --tokenizer {cfg.tokenizer!r}; expected neuron or chunk")
-        arch["tokenizer"] = cfg.tokenizer
-    for name in ("width", "depth", "heads"):
-        value = getattr(cfg, name)
+    if preset not in PRESETS:
+        fail(f"unknown --preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    arch = PRESETS[preset].to_dict()
+    if tokenizer:
+        if tokenizer not in ("neuron", "chunk"):
+            fail(f"--tokenizer {tokenizer!r}; expected neuron or chunk")
+        arch["tokenizer"] = tokenizer
+    for name, value in (("width", width), ("depth", depth), ("heads", heads)):
         if value < 0:
-            sys.exit(f"diffuse.py: error: --{name} {value}; expected a positive integer (0: the preset's)")
+            fail(f"--{name} {value}; expected a positive integer (0: the preset's)")
         if value:
             arch[name] = value
     if arch["width"] % arch["heads"]:
-        sys.exit(
-            f"diffuse.py: error: width {arch['width']} is not divisible by {arch['heads']} heads; "
+        fail(
+            f"width {arch['width']} is not divisible by {arch['heads']} heads; "
             "choose --width/--heads so that heads divide the width"
         )
     return ModelConfig(**arch)
 
 
-def lr_lambda(cfg: TrainConfig, elapsed_minutes=None):
-    """Warm-up, then cosine decay to zero at ``max_steps`` or, with ``--max-minutes``, at the time
+def lr_lambda(warmup_steps: int, max_steps: int, max_minutes: float, elapsed_minutes: Callable[[], float]):
+    """Warm-up, then cosine decay to zero at ``max_steps`` or, with ``max_minutes``, at the time
     budget if that comes first (``elapsed_minutes()`` counts from this launch)."""
 
     def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        if cfg.max_minutes and elapsed_minutes is not None:
-            progress = max(progress, elapsed_minutes() / cfg.max_minutes)
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        if max_minutes:
+            progress = max(progress, elapsed_minutes() / max_minutes)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
@@ -152,6 +159,8 @@ def ema_update(decay: float):
 
 
 def fit_normalizer(zoo: Zoo, rows: np.ndarray, per_tensor: bool, seed: int) -> tuple[ParamNormalizer, tuple]:
+    """The parameter normaliser of 256 train runs and the normalised range ``(low, high)`` ``(D,)``
+    their checkpoints span (the sampler clamps its predictions to it)."""
     pick = np.random.default_rng(seed).choice(rows, size=min(256, len(rows)), replace=False)
     theta = np.concatenate([zoo.params(int(r)) for r in np.sort(pick)])  # (n * K, D)
     norm = ParamNormalizer.fit(theta, zoo.layout, per_tensor=per_tensor)
@@ -160,22 +169,22 @@ def fit_normalizer(zoo: Zoo, rows: np.ndarray, per_tensor: bool, seed: int) -> t
 
 
 def make_output_loss(
-    cfg: TrainConfig,
     zoo: Zoo,
     rows: np.ndarray,
     task: Task,
     normalizer: ParamNormalizer,
     device: torch.device,
+    n_probes: int,
+    seed: int,
 ):
     """The function-space term's per-network distance ``(B,)`` between normalised parameter batches
-    ``(B, D)``: mean squared difference of the two networks' outputs on ``--output-probes`` fixed
+    ``(B, D)``: mean squared difference of the two networks' outputs on ``n_probes`` fixed
     inputs, divided by the variance of zoo networks' outputs there (so it is scale-free)."""
-    rng = np.random.default_rng(cfg.seed)
-    bank = torch.from_numpy(zoo.sample_checkpoints(rows, BANK_SIZE, rng))  # (n, D)
+    bank = torch.from_numpy(zoo.sample_checkpoints(rows, BANK_SIZE, np.random.default_rng(seed)))  # (n, D)
     try:
-        probes = task.probe_inputs(bank, cfg.output_probes, cfg.seed).to(device)  # (S, ...)
+        probes = task.probe_inputs(bank, n_probes, seed).to(device)  # (S, ...)
     except (NotImplementedError, ValueError) as e:
-        sys.exit(f"diffuse.py: error: --output-probes {cfg.output_probes}: {e}")
+        fail(f"--output-probes {n_probes}: {e}")
     with torch.no_grad():
         scale = task.outputs(bank.to(device), probes).float().var().clamp_min(1e-8)
 
@@ -188,23 +197,59 @@ def make_output_loss(
     return output_loss
 
 
+def latest_checkpoint(state_dir: Path) -> tuple[Path, int]:
+    """The newest ``state/step-N`` accelerate checkpoint and its step N."""
+    ckpts = sorted(state_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not ckpts:
+        fail(f"--resume given but {str(state_dir)!r} holds no checkpoint")
+    return ckpts[-1], int(ckpts[-1].name.split("-")[1])
+
+
+def make_validate(task: Task, zoo: Zoo, n_nets: int, normalizer, clamp, dcfg, meta) -> Callable:
+    """``validate(model) -> R^2``: G.pt's prompt alignment of ``model`` on the first ``n_nets``
+    val-split inits, through :meth:`LearnedOptimizer.step` (5 prompts, DDIM-5, one sample); None
+    without val runs."""
+    rows = zoo.runs("val")[:n_nets]
+    if len(rows) == 0:
+        return lambda model: None
+    theta = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
+
+    def validate(model: ParamDiffusionTransformer) -> float:
+        opt = LearnedOptimizer(Exported(model.eval(), normalizer, clamp, dcfg, meta), task)
+        res = prompt_alignment(
+            opt, theta, n_prompts=5, num_inference_steps=5, guidance_scale=1.0, num_samples=1,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        model.train()
+        return res["r2"]
+
+    return validate
+
+
 def main() -> None:
+    # -- setup: flags, zoo, task, accelerator ------------------------------------------------------
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, TrainConfig)
     cfg = from_args(TrainConfig, parser.parse_args())
-    if cfg.preset not in PRESETS:
-        sys.exit(f"diffuse.py: error: unknown --preset {cfg.preset!r}; expected one of {', '.join(PRESETS)}")
-    mcfg = model_config(cfg)  # bad architecture flags fail before the zoo is read
+    mcfg = model_config(cfg.preset, cfg.tokenizer, cfg.width, cfg.depth, cfg.heads)  # before the zoo is read
     if cfg.output_weight < 0 or cfg.output_probes < 1:
-        sys.exit(
-            f"diffuse.py: error: --output-weight {cfg.output_weight} / --output-probes {cfg.output_probes}; "
+        fail(
+            f"--output-weight {cfg.output_weight} / --output-probes {cfg.output_probes}; "
             "expected a weight >= 0 and at least 1 probe"
         )
     try:
         zoo = Zoo(cfg.zoo)
     except GptParamsError as e:
-        sys.exit(f"diffuse.py: error: {e}")
-    out = Path(cfg.out)
+        fail(str(e))
+    data_dir = zoo.harvest_config.get("data_dir")
+    task = get_task(zoo.task, **({"data_dir": data_dir} if data_dir else {}))
+    metric = cfg.metric or task.objective
+    if metric not in zoo.metrics or metric.startswith("test"):
+        fail(f"--metric {metric!r} not usable; choose a train/val metric of {sorted(zoo.metrics)}")
+    train_rows = zoo.runs("train")
+    if len(train_rows) == 0:
+        fail(f"{cfg.zoo!r} has no train-split runs")
+    out, state_dir = Path(cfg.out), Path(cfg.out) / "state"
     acc = Accelerator(
         gradient_accumulation_steps=cfg.grad_accum,
         mixed_precision=cfg.mixed_precision,
@@ -212,22 +257,14 @@ def main() -> None:
         project_dir=str(out),
     )
     set_seed(cfg.seed)
-    task = get_task(
-        zoo.task,
-        **({"data_dir": zoo.harvest_config["data_dir"]} if zoo.harvest_config.get("data_dir") else {}),
-    )
-    metric = cfg.metric or ("return_mean" if task.kind == "rl" else "val_loss")
-    if metric not in zoo.metrics or metric.startswith("test"):
-        sys.exit(
-            f"diffuse.py: error: --metric {metric!r} not usable; choose a train/val metric of {sorted(zoo.metrics)}"
-        )
-    train_rows = zoo.runs("train")
-    if len(train_rows) == 0:
-        sys.exit(f"diffuse.py: error: {cfg.zoo!r} has no train-split runs")
+
+    # -- model: normaliser, denoiser, EMA, optimiser, schedule; resumed state -------------------------
     normalizer, clamp = fit_normalizer(zoo, train_rows, cfg.normalize == "per_tensor", cfg.seed)
-    output_loss = (
-        make_output_loss(cfg, zoo, train_rows, task, normalizer, acc.device) if cfg.output_weight else None
-    )
+    output_loss = None
+    if cfg.output_weight:
+        output_loss = make_output_loss(
+            zoo, train_rows, task, normalizer, acc.device, cfg.output_probes, cfg.seed
+        )
     dcfg = DiffusionConfig(prompt_dropout=cfg.prompt_dropout)
     model = ParamDiffusionTransformer(task.layout, task.symmetries, mcfg, dcfg)
     ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=False)
@@ -236,104 +273,53 @@ def main() -> None:
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99)
     )
     launched = time.time()
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg, lambda: (time.time() - launched) / 60)
-    )
+    elapsed = lambda: (time.time() - launched) / 60  # noqa: E731
+    schedule = lr_lambda(cfg.warmup_steps, cfg.max_steps, cfg.max_minutes, elapsed)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model, optimizer, lr_sched = acc.prepare(model, optimizer, lr_sched)
     ema.to(acc.device)
     acc.register_for_checkpointing(ema)
-
-    state_dir = out / "state"
     step = 0
     if cfg.resume:
-        ckpts = sorted(state_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        if not ckpts:
-            sys.exit(f"diffuse.py: error: --resume given but {str(state_dir)!r} holds no checkpoint")
-        acc.load_state(str(ckpts[-1]))
-        step = int(ckpts[-1].name.split("-")[1])
+        ckpt, step = latest_checkpoint(state_dir)
+        acc.load_state(str(ckpt))
+
+    # -- data: pairs (theta_start, theta_future) of train-split runs ---------------------------------
     metric_vals = zoo.metrics[metric][train_rows]  # (R, K)
     higher = task.higher_is_better(metric)
     # where training runs end: their final checkpoint, or their best one with --early-stop
     last = best_index(metric_vals, higher) if cfg.early_stop else np.full(len(train_rows), zoo.n_ckpts - 1)
-    meta = {
-        "task": zoo.task,
-        "layout": task.layout.to_json(),
-        "metric": metric,
-        "metric_range": [float(np.nanmin(metric_vals)), float(np.nanmax(metric_vals))],
-        # the metric the best 5% of training runs end at: reachable, unlike the zoo's single best value
-        "best_prompt": float(
-            np.nanquantile(metric_vals[np.arange(len(last)), last], 0.95 if higher else 0.05)
-        ),
-        "zoo": {
-            "path": str(zoo.path),
-            "runs": int(zoo.n_runs),
-            "train_runs": int(len(train_rows)),
-            "harvest": zoo.harvest_config,
-        },
-        "train": asdict(cfg),
-        "n_model_params": count_parameters(acc.unwrap_model(model)),
-    }
-    augment = mcfg.tokenizer == "chunk" if cfg.augment is None else cfg.augment
+    zoo_summary = {"path": str(zoo.path), "runs": int(zoo.n_runs), "train_runs": int(len(train_rows))}
+    meta = export_meta(
+        task, metric, metric_vals[np.arange(len(last)), last], metric_vals,
+        zoo={**zoo_summary, "harvest": zoo.harvest_config}, train=asdict(cfg),
+        n_model_params=count_parameters(acc.unwrap_model(model)),
+    )  # fmt: skip
     try:
         pair_cfg = PairConfig(
-            metric,
-            init_frac=cfg.init_frac,
-            same_frac=cfg.same_frac,
-            late_bias=cfg.late_bias,
-            buffer_runs=cfg.buffer_runs,
-            refresh_runs=cfg.refresh_runs,
-            augment=augment,
-            early_stop=cfg.early_stop,
-            higher_is_better=higher,
-        )
+            metric, init_frac=cfg.init_frac, same_frac=cfg.same_frac, late_bias=cfg.late_bias,
+            buffer_runs=cfg.buffer_runs, refresh_runs=cfg.refresh_runs, early_stop=cfg.early_stop,
+            augment=mcfg.tokenizer == "chunk" if cfg.augment is None else cfg.augment, higher_is_better=higher,
+        )  # fmt: skip
     except GptParamsError as e:
-        sys.exit(f"diffuse.py: error: --{str(e).replace('_', '-')}")
+        fail(f"--{str(e).replace('_', '-')}")
     stream = PairStream(
-        str(zoo.path),
-        train_rows,
-        cfg.batch_size,
-        pair_cfg,
-        normalizer,
-        task.layout,
-        task.symmetries,
-        zoo.task,
-        seed=cfg.seed * 1000 + acc.process_index,
-        start_step=step * cfg.grad_accum,
-    )
+        str(zoo.path), train_rows, cfg.batch_size, pair_cfg, normalizer, task.layout, task.symmetries,
+        zoo.task, seed=cfg.seed * 1000 + acc.process_index, start_step=step * cfg.grad_accum,
+    )  # fmt: skip
     loader = DataLoader(
         stream, batch_size=None, num_workers=cfg.num_workers, prefetch_factor=4 if cfg.num_workers else None
     )
+    validate = make_validate(task, zoo, cfg.eval_nets, normalizer, clamp, dcfg, meta)
     if acc.is_main_process and cfg.log_with:
-        acc.init_trackers(
-            "gpt-params",
-            config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))},
-        )
-    val_rows = zoo.runs("val")[: cfg.eval_nets]
-    val_theta = (
-        torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in val_rows])
-        if len(val_rows)
-        else None
-    )
+        scalars = {k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
+        acc.init_trackers("gpt-params", config=scalars)
 
     def export() -> None:
         if acc.is_main_process:
             save_export(out, ema.module, normalizer, clamp, dcfg, meta)
 
-    def validate() -> float | None:
-        if val_theta is None or not acc.is_main_process:
-            return None
-        exp = Exported(ema.module.eval(), normalizer, clamp, dcfg, meta)
-        res = prompt_alignment(
-            exp,
-            task,
-            val_theta,
-            n_prompts=5,
-            num_inference_steps=5,
-            generator=torch.Generator().manual_seed(0),
-        )
-        ema.module.train()
-        return res["r2"]
-
+    # -- loop: one optimiser step per batch of pairs; EMA, logs, validation, checkpoints ---------------
     t_data, t_total, seen = 0.0, 0.0, 0
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not acc.is_main_process)
     it = iter(loader)
@@ -348,17 +334,9 @@ def main() -> None:
         micro += 1
         with acc.accumulate(model):
             loss, parts = diffusion_loss(
-                model,
-                scheduler,
-                batch["theta_start"],
-                batch["theta_future"],
-                batch["start_metric"],
-                batch["prompt"],
-                cfg.prompt_dropout,
-                gen,
-                output_loss,
-                cfg.output_weight,
-            )
+                model, scheduler, batch["theta_start"], batch["theta_future"], batch["start_metric"],
+                batch["prompt"], cfg.prompt_dropout, gen, output_loss, cfg.output_weight,
+            )  # fmt: skip
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -380,14 +358,13 @@ def main() -> None:
             "samples_per_s": seen / max(t_total, 1e-9),
             "data_frac": t_data / max(t_total, 1e-9),
         }
-        bar.set_postfix(
-            loss=f"{logs['loss']:.4f}",
+        shown = {
+            "loss": f"{logs['loss']:.4f}",
             **({"out": f"{parts['output']:.4f}"} if "output" in parts else {}),
-            sps=f"{logs['samples_per_s']:.0f}",
-            data=f"{logs['data_frac']:.1%}",
-        )
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            r2 = validate()
+        }
+        bar.set_postfix(**shown, sps=f"{logs['samples_per_s']:.0f}", data=f"{logs['data_frac']:.1%}")
+        if cfg.eval_every and step % cfg.eval_every == 0 and acc.is_main_process:
+            r2 = validate(ema.module)
             if r2 is not None:
                 logs["val_r2"] = r2
                 bar.write(f"step {step}: loss {logs['loss']:.4f}, val prompt alignment R^2 {r2:.3f}")
@@ -400,6 +377,8 @@ def main() -> None:
         if timed_out:
             break
     bar.close()
+
+    # -- export: EMA weights and the export contract (gpt_params.export) -------------------------------
     meta["train_steps"] = step
     meta["timing"] = {"data_frac": t_data / max(t_total, 1e-9), "samples_per_s": seen / max(t_total, 1e-9)}
     export()

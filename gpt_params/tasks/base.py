@@ -4,19 +4,58 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from gpt_params.errors import TaskError
 from gpt_params.layout import ParamLayout, PermGroup
 
 # first seed of the random inits that evaluations start from (``Task.unseen_inits``). Harvest run
 # seeds are 31-bit hashes of (harvest seed, run id), so a 5,000-run zoo shares one of these seeds with
 # chance ~2e-6 per init.
 INIT_SEED = 7_000_000
+METRIC_KINDS = ("loss", "error", "return")
+
+
+@dataclass
+class TrainedCohort:
+    """One cohort of training runs as a task's trainer returns it (before divergence screening)."""
+
+    hparams: list[dict]  # (R,) each run's recipe, stored as JSON
+    steps: np.ndarray  # (R, K) optimizer steps or environment timesteps of each checkpoint
+    params: np.ndarray  # (R, K, D) float32
+    metrics: dict[str, np.ndarray]  # name -> (R, K)
+
+
+@dataclass
+class BaselineConfig:
+    """Budgets of the gradient baselines a one-step update is compared with (each task reads its own)."""
+
+    nets: int = 16  # unseen inits compared where the baseline is cheap (batched Adam)
+    rl_nets: int = 8  # unseen inits compared where it is not (PPO trains policy by policy)
+    adam_lr: float = 1e-3  # supervised: Adam learning rate, batch 128
+    adam_steps: int = 3000  # supervised: Adam steps at most
+    eval_every: int = 10  # supervised: steps between evaluations
+    ppo_timesteps: int = 40_000  # RL: PPO environment timesteps at most
+    episodes: int = 20  # RL: held-out episodes per policy
+    seed: int = 0
+
+
+@dataclass
+class Baseline:
+    """Gradient steps a baseline needed to match a one-step update, per network."""
+
+    name: str  # e.g. "Adam lr 0.001, batch 128"
+    steps: np.ndarray  # (N,) gradient (Adam) steps to match; inf where the budget ran out
+    budget: int  # the most gradient steps it was allowed
+    xlabel: str  # what the steps count, for plots
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # label -> (steps, metric)
 
 
 class Task(ABC):
@@ -28,8 +67,12 @@ class Task(ABC):
     """
 
     name: str
-    kind: str  # "supervised" or "rl"
-    objective: str
+    kind: str  # "supervised" or "rl": descriptive only; behaviour comes from the methods below
+    objective: str  # the metric models condition on unless told otherwise
+    harvest_presets: tuple[str, ...] = ()  # training recipes ``gpt-params harvest --preset`` accepts
+    harvest_unit: str = "step"  # what a cohort's progress counts (``on_step``)
+    test_metrics: tuple[str, ...] = ()  # metrics on data no model conditions on (reported by the CLI)
+    return_scale: float = 1.0  # returns are divided by this when normalised (the task's best return)
 
     @abstractmethod
     def build(self, seed: int) -> nn.Module:
@@ -52,6 +95,67 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, theta: torch.Tensor) -> dict[str, np.ndarray]:
         """Score a batch of flat parameter vectors ``(B, D)``; returns ``{metric: (B,)}``."""
+
+    @abstractmethod
+    def metric_kind(self, metric: str) -> str:
+        """``"loss"``, ``"error"`` or ``"return"``: how ``metric`` is normalised and which way it improves."""
+
+    def normalize_metric(self, values: torch.Tensor, metric: str) -> torch.Tensor:
+        """The scale models see a metric on: log of a loss, an error rate as is, a return over
+        :attr:`return_scale` (so prompts are comparable across zoos of one task)."""
+        kind = self.metric_kind(metric)
+        if kind == "loss":
+            return torch.log(values.clamp(min=1e-6))
+        if kind == "error":
+            return values
+        return values / self.return_scale
+
+    def denormalize_metric(self, values: torch.Tensor, metric: str) -> torch.Tensor:
+        """Inverse of :meth:`normalize_metric`."""
+        kind = self.metric_kind(metric)
+        if kind == "loss":
+            return torch.exp(values)
+        if kind == "error":
+            return values
+        return values * self.return_scale
+
+    def held_out_metric(self, metric: str) -> str:
+        """What outputs of a model conditioned on ``metric`` are scored by in reports: a metric of data
+        no model conditioned on where the task has such data (``val_loss`` -> ``test_loss``)."""
+        return metric
+
+    def held_out(self, episodes: int) -> Task:
+        """This task scored on ``episodes`` held-out episodes (RL tasks only)."""
+        raise TaskError(f"task {self.name!r} has no episodes; held-out episodes apply to RL tasks")
+
+    def check_data(self) -> None:
+        """Load and validate the task's data now (before a harvest touches any file); a no-op without data."""
+        return None
+
+    @abstractmethod
+    def train_cohort(
+        self, cfg: Any, cohort_id: int, run_ids: np.ndarray, on_step: Callable[[int, int], None] | None
+    ) -> TrainedCohort:
+        """Train the runs ``run_ids`` (R,) of one harvest cohort as ``cfg`` (a
+        :class:`~gpt_params.harvest.HarvestConfig`) says and checkpoint every run ``cfg.ckpts_per_run``
+        times; ``on_step(done, total)`` reports progress in :attr:`harvest_unit`."""
+
+    @abstractmethod
+    def gradient_baseline(
+        self, theta0: torch.Tensor, metric: str, achieved: np.ndarray, cfg: BaselineConfig
+    ) -> Baseline:
+        """The task's gradient-descent baseline from the inits ``theta0`` ``(N, D)``: the steps it needs
+        until each network's held-out ``metric`` (as :meth:`score_held_out` names it) reaches
+        ``achieved`` ``(N,)``."""
+
+    def baseline_nets(self, cfg: BaselineConfig) -> int:
+        """How many inits :meth:`gradient_baseline` is run from: ``cfg.nets`` unless it is costly."""
+        return cfg.nets
+
+    @abstractmethod
+    def score_held_out(self, theta: torch.Tensor, metric: str, cfg: BaselineConfig) -> tuple[str, np.ndarray]:
+        """(name, values ``(B,)``) of the held-out score of networks ``theta`` ``(B, D)`` that a model
+        conditioned on ``metric`` produced: what :meth:`gradient_baseline` is matched on."""
 
     def evaluate_only(self, theta: torch.Tensor, names: Sequence[str]) -> dict[str, np.ndarray]:
         """The metrics of ``names`` that :meth:`evaluate` gives, ``{metric: (B,)}``; tasks that can skip
@@ -110,3 +214,7 @@ class Task(ABC):
 
     def describe(self) -> str:
         return f"{self.name}: {self.kind}, {self.layout.numel} parameters ({self.layout.describe()})"
+
+    def describe_network(self) -> str:
+        """``"the mnist-mlp network (fc1.weight (10, 784), ...)"``: for error messages."""
+        return f"the {self.name} network ({self.layout.describe_shapes()})"

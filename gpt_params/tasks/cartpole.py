@@ -12,8 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from gpt_params.errors import TaskError
 from gpt_params.layout import PermGroup
-from gpt_params.tasks.base import Task
+from gpt_params.recipes import RL_PRESETS, PPORecipe
+from gpt_params.tasks.base import Baseline, BaselineConfig, Task, TrainedCohort
 
 MAX_RETURN = 500.0  # CartPole-v1's episode cap
 EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...
@@ -67,6 +69,9 @@ class CartPoleTask(Task):
     kind = "rl"
     objective = "return_mean"
     name = "cartpole"
+    harvest_presets = RL_PRESETS
+    harvest_unit = "run"
+    return_scale = MAX_RETURN
 
     def __init__(
         self,
@@ -119,6 +124,46 @@ class CartPoleTask(Task):
         if metric not in self.metric_names:
             raise KeyError(f"unknown metric {metric!r}; {self.name} records {self.metric_names}")
         return metric != "return_std"
+
+    def metric_kind(self, metric: str) -> str:
+        if metric not in self.metric_names:
+            raise TaskError(f"unknown metric {metric!r}; {self.name} records {self.metric_names}")
+        return "return"
+
+    def train_cohort(self, cfg, cohort_id: int, run_ids: np.ndarray, on_step=None) -> TrainedCohort:
+        from gpt_params.tasks.ppo import train_cohort
+
+        return train_cohort(self, cfg, cohort_id, run_ids, on_step)
+
+    def score_held_out(self, theta: torch.Tensor, metric: str, cfg: BaselineConfig) -> tuple[str, np.ndarray]:
+        """The deterministic (argmax) policy's mean return over ``cfg.episodes`` held-out episodes
+        (reset seeds from ``ROLLOUT_SEED``), whichever return the model conditions on."""
+        return "return_mean", self.episode_returns(theta, fresh_initial_states(cfg.episodes)).mean(1)
+
+    def baseline_nets(self, cfg: BaselineConfig) -> int:
+        return cfg.rl_nets  # PPO trains policy by policy
+
+    def gradient_baseline(
+        self, theta0: torch.Tensor, metric: str, achieved: np.ndarray, cfg: BaselineConfig
+    ) -> Baseline:
+        """SB3 PPO with rl-zoo's CartPole settings (Adam lr 1e-3 inside) from each actor in ``theta0``
+        until its held-out return (:meth:`score_held_out`) reaches ``achieved``."""
+        from gpt_params.tasks.ppo import n_updates, ppo_adam_steps_per_update, ppo_steps_to_reach
+
+        states = fresh_initial_states(cfg.episodes)
+        steps, histories = ppo_steps_to_reach(self, theta0, achieved, states, cfg.ppo_timesteps, cfg.seed)
+        recipe = PPORecipe(total_timesteps=cfg.ppo_timesteps)
+        per_update = ppo_adam_steps_per_update(recipe)
+        return Baseline(
+            name="PPO (Adam lr 1e-3), rl-zoo CartPole settings",
+            steps=steps,
+            budget=n_updates(recipe) * per_update,
+            xlabel="Adam steps inside PPO",
+            curves={
+                f"PPO from the same init (net {i})": (np.arange(len(h)) * per_update, h)
+                for i, h in enumerate(histories)
+            },
+        )
 
     @cached_property
     def eval_states(self) -> np.ndarray:

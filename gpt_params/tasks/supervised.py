@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt_params.errors import TaskError
 from gpt_params.layout import PermGroup
-from gpt_params.tasks.base import Task
+from gpt_params.recipes import SUPERVISED_PRESETS
+from gpt_params.tasks.base import Baseline, BaselineConfig, Task, TrainedCohort
 from gpt_params.tasks.data import SPLITS, Splits
 
 EVAL_BUDGET = 1 << 24  # floats of activations per evaluation chunk (~64 MB)
@@ -69,6 +71,9 @@ class SupervisedTask(Task):
 
     kind = "supervised"
     objective = "val_loss"
+    harvest_presets = SUPERVISED_PRESETS
+    harvest_unit = "step"
+    test_metrics = ("test_loss", "test_error")
 
     def __init__(
         self,
@@ -105,6 +110,47 @@ class SupervisedTask(Task):
         if metric not in self.metric_names:
             raise KeyError(f"unknown metric {metric!r}; {self.name} records {self.metric_names}")
         return False
+
+    def metric_kind(self, metric: str) -> str:
+        if metric not in self.metric_names:
+            raise TaskError(f"unknown metric {metric!r}; {self.name} records {self.metric_names}")
+        return metric.split("_", 1)[1]  # "val_loss" -> "loss"
+
+    def held_out_metric(self, metric: str) -> str:
+        """The test split's version of ``metric`` (``val_loss`` -> ``test_loss``): models condition on
+        validation metrics, so test images are data none of them saw."""
+        return "test_" + self.metric_kind(metric)
+
+    def check_data(self) -> None:
+        _ = self.data
+
+    def train_cohort(self, cfg, cohort_id: int, run_ids: np.ndarray, on_step=None) -> TrainedCohort:
+        from gpt_params.tasks.batched import train_cohort
+
+        return train_cohort(self, cfg, cohort_id, run_ids, on_step)
+
+    def score_held_out(self, theta: torch.Tensor, metric: str, cfg: BaselineConfig) -> tuple[str, np.ndarray]:
+        name = self.held_out_metric(metric)
+        return name, self.evaluate_only(theta, (name,))[name]
+
+    def gradient_baseline(
+        self, theta0: torch.Tensor, metric: str, achieved: np.ndarray, cfg: BaselineConfig
+    ) -> Baseline:
+        """Adam (lr ``cfg.adam_lr``, batch 128) from ``theta0`` until each network's ``metric`` (a test
+        metric, see :meth:`score_held_out`) reaches ``achieved`` (at most ``cfg.adam_steps`` steps)."""
+        from gpt_params.tasks.batched import steps_to_reach, train_curves
+
+        curve = train_curves(
+            self, theta0, "adam", cfg.adam_lr, cfg.adam_steps, cfg.eval_every, seed=cfg.seed,
+            stop_at=(metric, achieved),
+        )  # fmt: skip
+        return Baseline(
+            name=f"Adam lr {cfg.adam_lr:g}, batch 128",
+            steps=steps_to_reach(curve, metric, achieved),
+            budget=cfg.adam_steps,
+            xlabel="Adam steps (batch 128)",
+            curves={f"Adam, lr {cfg.adam_lr:g}": (curve.steps, np.median(curve.metrics[metric], 1))},
+        )
 
     @cached_property
     def data(self) -> Splits:

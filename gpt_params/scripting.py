@@ -1,17 +1,30 @@
-"""The networks an evaluation script runs on: the model/zoo/split flags and loading the unseen inits."""
+"""What the scripts in ``eval/`` and ``benchmarks/`` share: the flags that pick a model and the unseen
+networks it is scored on, one-line exits, and report timestamps."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gpt_params.errors import GptParamsError
+from gpt_params.evaluate import load_unseen
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.zoo_reader import Zoo
+
+
+def fail(message: str) -> SystemExit:
+    """``raise fail(...)``: exit 2 with ``<script>: error: <message>`` on one line."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def add_unseen_arguments(p: argparse.ArgumentParser, nets_help: str) -> None:
@@ -29,19 +42,12 @@ def add_unseen_arguments(p: argparse.ArgumentParser, nets_help: str) -> None:
     p.add_argument("--nets", type=int, default=32, help=nets_help)
 
 
-def load_unseen(
+def unseen_or_exit(
     a: argparse.Namespace, device: str | None = None
 ) -> tuple[LearnedOptimizer, Zoo, np.ndarray, torch.Tensor]:
-    """The model, the zoo, the ``--nets`` unseen ``--split`` rows and their inits ``(N, D)``.
-
-    Bad input (a missing model, a zoo of another task, too few runs) exits with a one-line error."""
-    prog = Path(sys.argv[0]).name
+    """:func:`gpt_params.evaluate.load_unseen` for the flags of :func:`add_unseen_arguments`; bad input
+    (a missing model, a zoo of another task, too few runs) exits with a one-line error."""
     try:
-        opt = LearnedOptimizer.from_pretrained(a.model, device=device)
-        zoo = Zoo(a.zoo)
-        zoo.require_task(opt.task.name)
-        rows = zoo.unseen_runs(a.nets, a.split)
+        return load_unseen(a.model, a.zoo, a.nets, a.split, device)
     except GptParamsError as e:
-        raise SystemExit(f"{prog}: error: {e}") from None
-    theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
-    return opt, zoo, rows, theta0
+        raise fail(str(e)) from None

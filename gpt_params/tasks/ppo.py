@@ -1,19 +1,20 @@
-"""Harvesting CartPole policies: stable-baselines3 PPO runs, checkpointed by a callback, then all
-checkpoints of a cohort scored together in one vectorised rollout."""
+"""stable-baselines3 PPO on CartPole: harvesting policy checkpoints (a callback saves the actor, then
+all checkpoints of a cohort are scored together in one vectorised rollout) and the PPO baseline
+one-step updates are compared with."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from gpt_params.harvest import HarvestConfig, assemble_cohort, checkpoint_steps, cohort_runs, run_seed
 from gpt_params.layout import ParamLayout
-from gpt_params.recipes import PPORecipe, ppo_recipe
-from gpt_params.tasks.base import Task
+from gpt_params.recipes import PPORecipe, checkpoint_steps, ppo_recipe, run_seed
+from gpt_params.tasks.base import Task, TrainedCohort
 
 
 def make_ppo(recipe: PPORecipe, seed: int, hidden: int = 32):
@@ -98,11 +99,14 @@ def _train_star(args: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return train_ppo_run(*args)
 
 
-def train_rl_cohort(
-    task: Task, cfg: HarvestConfig, cohort_id: int, on_step: Callable[[int, int], None] | None = None
-):
+def train_cohort(
+    task: Task,
+    cfg: Any,
+    cohort_id: int,
+    run_ids: np.ndarray,
+    on_step: Callable[[int, int], None] | None = None,
+) -> TrainedCohort:
     """Train a cohort of PPO runs (``cfg.workers`` processes) and score every checkpoint."""
-    run_ids = cohort_runs(cfg, cohort_id)
     recipes = [
         ppo_recipe(cfg.preset, np.random.default_rng([cfg.seed, 0xA1, int(r)]), cfg.timesteps)
         for r in run_ids
@@ -129,4 +133,66 @@ def train_rl_cohort(
     scores = task.evaluate(torch.from_numpy(params.reshape(R * K, D)))
     metrics = {m: v.reshape(R, K).astype(np.float32) for m, v in scores.items()}
     metrics["train_return"] = np.stack([r[2] for r in results])
-    return assemble_cohort(cfg, cohort_id, run_ids, [r.to_dict() for r in recipes], steps, params, metrics)
+    return TrainedCohort([r.to_dict() for r in recipes], steps, params, metrics)
+
+
+def ppo_steps_to_reach(
+    task,
+    theta0: torch.Tensor,
+    target: np.ndarray,
+    initial_states: np.ndarray,
+    max_timesteps: int = 40_000,
+    seed: int = 0,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The RL counterpart of :func:`steps_to_reach`: for each CartPole actor in ``theta0`` ``(N, D)``,
+    stable-baselines3 PPO with rl-zoo's tuned CartPole hyperparameters (Adam, lr 1e-3) starting from
+    that actor, scored after every PPO update by deterministic rollouts from ``initial_states`` and
+    stopped once its mean return reaches ``target[i]``.
+
+    Returns the Adam steps taken by then per network ``(N,)`` (updates x epochs x minibatches; inf
+    when ``max_timesteps`` ran out first) and each network's mean return after every update."""
+    recipe = PPORecipe(total_timesteps=max_timesteps)
+    adam_per_update = ppo_adam_steps_per_update(recipe)
+    steps, histories = [], []
+    for i, theta in enumerate(theta0.float()):
+        history = _ppo_until(task, theta, float(target[i]), initial_states, recipe, seed + i)
+        reached = np.flatnonzero(history >= target[i])
+        steps.append(float(reached[0] * adam_per_update) if len(reached) else np.inf)
+        histories.append(history)
+    return np.asarray(steps), histories
+
+
+def ppo_adam_steps_per_update(recipe) -> int:
+    """Adam steps in one PPO update: epochs x minibatches of the rollout buffer."""
+    return recipe.n_epochs * max(1, recipe.n_steps * recipe.n_envs // recipe.batch_size)
+
+
+def _ppo_until(task, theta: torch.Tensor, target: float, states: np.ndarray, recipe, seed: int) -> np.ndarray:
+    """Mean return of one actor before and after each PPO update, until it reaches ``target``."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    model = make_ppo(recipe, seed)
+    task.layout.load_into(model.policy, theta)
+
+    def score() -> float:
+        vec = task.layout.flatten(model.policy.state_dict())[None]  # (1, D)
+        return float(task.episode_returns(vec, states).mean())
+
+    history = [score()]
+
+    class Stop(BaseCallback):
+        reached = history[0] >= target
+
+        def _on_step(self) -> bool:
+            return not self.reached  # False ends learn()
+
+        def _on_rollout_start(self) -> None:  # after each update (and once before the first)
+            if self.num_timesteps > 0:
+                history.append(score())
+            self.reached = history[-1] >= target
+
+    if history[0] < target:
+        model.learn(total_timesteps=recipe.total_timesteps, callback=Stop())
+        if history[-1] < target:
+            history.append(score())  # the policy after the last update
+    return np.asarray(history)

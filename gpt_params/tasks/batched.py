@@ -1,0 +1,218 @@
+"""Many supervised networks trained at once as one batched program: harvest cohorts (each run with its
+own init, data order and recipe) and the Adam / SGD baselines one-step updates are compared with.
+
+Every optimizer used is elementwise, so stacking the networks' tensors is exactly training each on
+its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gpt_params.errors import GptParamsError
+from gpt_params.recipes import checkpoint_steps, cohort_shape, lr_factor, make_optimizer, run_recipe, run_seed
+from gpt_params.tasks.base import TrainedCohort
+
+if TYPE_CHECKING:
+    from gpt_params.tasks.supervised import SupervisedTask
+
+
+def train_cohort(
+    task: SupervisedTask,
+    cfg: Any,
+    cohort_id: int,
+    run_ids: np.ndarray,
+    on_step: Callable[[int, int], None] | None = None,
+) -> TrainedCohort:
+    """Train one cohort of supervised runs as one batched program and checkpoint them.
+
+    Each run has its own initialisation, data order and recipe; real ``torch.optim`` / timm
+    optimizers update it (one param group per distinct recipe, so per-run learning rates and weight
+    decays hold exactly); one batched forward pass serves all runs.
+    """
+    shape = cohort_shape(cfg.preset, np.random.default_rng([cfg.seed, 0xC0, cohort_id]))
+    epochs = cfg.epochs or shape.epochs
+    recipes = [run_recipe(cfg.preset, np.random.default_rng([cfg.seed, 0xA1, int(r)])) for r in run_ids]
+    seeds = [run_seed(cfg.seed, int(r)) for r in run_ids]
+
+    x, y = task.data.x["train"], task.data.y["train"]
+    n_train = len(y)
+    batch = min(shape.batch_size, n_train)
+    per_epoch = n_train // batch
+    total = epochs * per_epoch
+    ckpt = checkpoint_steps(total, cfg.ckpts_per_run, cfg.spacing)
+
+    # Runs with identical recipes share batched leaf tensors (n_runs, *shape) and one param group:
+    # every optimizer used here is elementwise, so that is exactly per-run training, minus the
+    # per-group overhead. ``order`` lists cohort-local run indices in that grouped order.
+    names = task.layout.names
+    by_recipe: dict = {}
+    for i, r in enumerate(recipes):
+        by_recipe.setdefault(r, []).append(i)
+    order = np.concatenate([np.array(m) for m in by_recipe.values()])
+    inverse = np.argsort(order)
+    nets = [list(task.build(s).parameters()) for s in seeds]
+    leaves = [
+        [torch.stack([nets[i][j].detach() for i in members]).requires_grad_(True) for j in range(len(names))]
+        for members in by_recipe.values()
+    ]  # group -> tensor -> (n_g, *shape)
+    group_recipes = list(by_recipe)
+    optimizers = []
+    for opt_name in sorted({r.optimizer for r in group_recipes}):
+        gs = [g for g, r in enumerate(group_recipes) if r.optimizer == opt_name]
+        param_groups = [
+            {"params": leaves[g], "lr": group_recipes[g].lr, "weight_decay": group_recipes[g].weight_decay}
+            for g in gs
+        ]
+        optimizers.append((make_optimizer(opt_name, param_groups), gs))
+
+    def stacked() -> dict[str, torch.Tensor]:  # name -> (R, *shape), grouped order
+        if len(leaves) == 1:
+            return dict(zip(names, leaves[0], strict=True))
+        return {n: torch.cat([lv[j] for lv in leaves]) for j, n in enumerate(names)}
+
+    R, K, D = len(run_ids), len(ckpt), task.layout.numel
+    params = np.empty((R, K, D), np.float32)
+    metrics = {m: np.empty((R, K), np.float32) for m in task.metric_names}
+
+    def record(k: int) -> None:
+        with torch.no_grad():
+            theta = torch.cat([t.reshape(R, -1) for t in stacked().values()], 1)[inverse]  # (R, D), run order
+        params[:, k] = theta.numpy()
+        for m, v in task.evaluate(theta).items():
+            metrics[m][:, k] = v
+
+    gen = torch.Generator().manual_seed(
+        int(np.random.SeedSequence([cfg.seed, 0xD47A, cohort_id]).generate_state(1)[0])
+    )
+    xb = torch.empty(
+        R * batch, *x.shape[1:]
+    )  # reused: a fresh minibatch tensor per step costs more than the matmuls
+    record(0)
+    next_k, step = 1, 0
+    for _ in range(epochs):
+        shuffles = torch.argsort(torch.rand(R, n_train, generator=gen), dim=1)[
+            order
+        ]  # (R, N): each run's own order
+        for b in range(per_epoch):
+            idx = shuffles[:, b * batch : (b + 1) * batch].reshape(-1)  # (R * B,)
+            torch.index_select(x, 0, idx, out=xb)
+            logits = task.logits(stacked(), xb.view(R, batch, *x.shape[1:]), shared=False)  # (R, C, B)
+            loss = F.cross_entropy(logits, y[idx].view(R, batch), reduction="sum") / batch
+            for optimizer, _ in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # runs are independent: d(sum of run losses)/d(run r) = d(loss r)/d(run r)
+            for optimizer, gs in optimizers:
+                for pg, g in zip(optimizer.param_groups, gs, strict=True):
+                    pg["lr"] = group_recipes[g].lr * lr_factor(group_recipes[g].schedule, step, total)
+                optimizer.step()
+            step += 1
+            if next_k < K and step == ckpt[next_k]:
+                record(next_k)
+                next_k += 1
+            if on_step is not None:
+                on_step(step, total)
+    steps = np.broadcast_to(ckpt, (R, K)).copy()
+    hp = [{**r.to_dict(), "batch_size": batch, "epochs": epochs} for r in recipes]
+    return TrainedCohort(hp, steps, params, metrics)
+
+
+# -- gradient baselines ----------------------------------------------------------------------
+
+OPTIMIZERS = {
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+}
+
+
+@dataclass
+class Curve:
+    """Metrics ``{name: (E, N)}`` of N networks at evaluation steps ``steps`` ``(E,)``."""
+
+    optimizer: str
+    lr: float
+    steps: np.ndarray
+    metrics: dict[str, np.ndarray]
+
+
+def train_curves(
+    task: SupervisedTask,
+    theta0: torch.Tensor,
+    optimizer: str,
+    lr: float,
+    max_steps: int,
+    eval_every: int = 5,
+    batch_size: int = 128,
+    seed: int = 0,
+    stop_at: tuple[str, np.ndarray] | None = None,
+) -> Curve:
+    """Train every network in ``theta0`` ``(N, D)`` for ``max_steps`` minibatch steps, or, with
+    ``stop_at=(metric, target (N,))``, until every network has been recorded at or below its target."""
+    if optimizer not in OPTIMIZERS:
+        raise GptParamsError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
+    params = {k: v.clone().requires_grad_(True) for k, v in task.layout.unflatten(theta0.float()).items()}
+    opt = OPTIMIZERS[optimizer](list(params.values()), lr)
+    x, y = task.data.x["train"], task.data.y["train"]
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=g)
+    pos, n = 0, len(theta0)
+    steps, records = [], []
+
+    def record(step: int) -> None:
+        with torch.no_grad():
+            theta = torch.cat([params[k].reshape(n, -1) for k in task.layout.names], 1)
+            records.append(task.evaluate(theta, splits=("val", "test")))
+        steps.append(step)
+
+    record(0)
+    for step in range(1, max_steps + 1):
+        if pos + batch_size > len(y):
+            order, pos = torch.randperm(len(y), generator=g), 0
+        idx = order[pos : pos + batch_size]
+        pos += batch_size
+        logits = task.logits(params, x[idx], shared=True)  # (N, C, b)
+        loss = F.cross_entropy(logits, y[idx].expand(n, -1), reduction="none").mean(1).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % eval_every == 0 or step == max_steps:
+            record(step)
+            if stop_at is not None:
+                hit = np.stack([r[stop_at[0]] for r in records]) <= stop_at[1][None]  # (E, N)
+                if hit.any(0).all():
+                    break
+    metrics = {k: np.stack([r[k] for r in records]) for k in records[0]}
+    return Curve(optimizer, lr, np.array(steps), metrics)
+
+
+def steps_to_reach(curve: Curve, metric: str, target: np.ndarray) -> np.ndarray:
+    """Per network, the first recorded step whose ``metric`` is at or below ``target`` ``(N,)``; inf if none."""
+    hit = curve.metrics[metric] <= target[None]  # (E, N)
+    first = np.where(hit.any(0), hit.argmax(0), -1)
+    return np.where(first >= 0, curve.steps[np.maximum(first, 0)], np.inf).astype(float)
+
+
+def seconds_per_step(
+    task: SupervisedTask, optimizer: str, lr: float, batch_size: int = 128, steps: int = 200
+) -> float:
+    """Wall time of one step of the standard one-network loop (``nn.Module``, ``torch.optim``, in-memory data)."""
+    net = task.build(0)
+    opt = OPTIMIZERS[optimizer](net.parameters(), lr)
+    x, y = task.data.x["train"], task.data.y["train"]
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, len(y), (batch_size,), generator=g) for _ in range(steps)]
+    for i, idx in enumerate([*batches[:10], *batches]):
+        if i == 10:
+            t0 = time.perf_counter()
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps
