@@ -14,7 +14,7 @@ import argparse
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 VARIANTS = {
@@ -80,7 +80,7 @@ def main() -> None:
         "zoo": a.zoo,
         "minutes": a.minutes,
         "preset": a.preset,
-        "date": datetime.now(timezone.utc).isoformat(),
+        "date": datetime.now(UTC).isoformat(),
         "rows": rows,
     }
     (out / "ablation.json").write_text(json.dumps(report, indent=2))

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
 
 from gpt_params.errors import GptParamsError
@@ -198,18 +199,23 @@ def cmd_zoo_relabel(args: argparse.Namespace) -> int:
     attrs = read_attrs(args.file)
     data_dir = json.loads(attrs["harvest_config"]).get("data_dir")
     task = get_task(attrs["task"], **({"data_dir": data_dir} if data_dir else {}))
-    with tqdm(desc="relabel", unit="part", dynamic_ncols=True) as bar:
+    bars: list[tqdm] = []  # opened at the first part, so input errors print alone
 
-        def on_part(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    def on_part(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="relabel", unit="part", dynamic_ncols=True))
+        bars[0].update(done - bars[0].n)
 
+    try:
         added = relabel(
             args.file,
             task.metric_names,
             lambda x, names: task.evaluate_only(torch.from_numpy(x), names),
             on_part=on_part,
         )
+    finally:
+        for b in bars:
+            b.close()
     print(f"{args.file}: added {', '.join(added)}" if added else f"{args.file}: nothing to add")
     return 0
 
@@ -396,7 +402,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import torch
     from tqdm.auto import tqdm
@@ -462,7 +468,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     seconds = time.perf_counter() - t0
     report = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": seconds,
         "cpu_threads": torch.get_num_threads(),
         "models": rows,

@@ -76,3 +76,59 @@ def tiny_export(out, task_name, metric, metric_range, best, std=0.02):
     }
     save_export(out, model, norm, None, DiffusionConfig(), meta)
     return out
+
+
+def tiny_denoiser(task_name, std=0.02):
+    """``(model, D)``: a tiny-preset denoiser for ``task_name`` whose zero-initialised weights got
+    random values, so its prediction depends on every input."""
+    from gpt_params.model import PRESETS, ParamDiffusionTransformer
+    from gpt_params.tasks import get_task
+
+    task = get_task(task_name)
+    torch.manual_seed(0)
+    model = ParamDiffusionTransformer(task.layout, task.symmetries, PRESETS["tiny"]).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(std=std)
+    return model, task.layout.numel
+
+
+def part_stamps(zoo_path) -> dict[str, tuple[int, int, str]]:
+    """``{part name: (inode, mtime_ns, sha256)}`` of every committed part of a harvest's zoo
+    (``<zoo>.parts/cohort-*.h5``): what retraining and rewriting a finished cohort changes."""
+    import hashlib
+
+    parts = Path(str(zoo_path) + ".parts")
+    out = {}
+    for p in sorted(parts.glob("cohort-*.h5")):
+        st = p.stat()
+        out[p.name] = (st.st_ino, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+def run_script(path, *args):
+    """A script of ``eval/``, ``train/`` or ``benchmarks/`` run in this process, as ``subprocess.run``
+    would report it (``returncode``, ``stdout``, ``stderr``): for error paths, where a fresh interpreter
+    adds nothing but seconds of importing torch. ``sys.exit("message")`` counts as the interpreter
+    would: the message on stderr, status 1."""
+    import contextlib
+    import io
+    import runpy
+    import sys
+    from types import SimpleNamespace
+
+    out, err, argv, code = io.StringIO(), io.StringIO(), sys.argv, 0
+    sys.argv = [str(path), *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            err.write(e.code + "\n")
+            code = 1
+        else:
+            code = e.code or 0
+    finally:
+        sys.argv = argv
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())

@@ -13,6 +13,8 @@ import pytest
 from gpt_params.harvest import HarvestConfig, harvest
 from gpt_params.zoo_reader import Zoo
 
+from .conftest import part_stamps
+
 ARGS = dict(task="digits-mlp", runs=24, ckpts_per_run=6, cohort_size=3, epochs=3)
 
 
@@ -41,6 +43,13 @@ def _check_consistent(out):
     return in_index
 
 
+def _assert_untouched(out, before):
+    """A rerun resumes: the parts finished before it are neither retrained nor rewritten."""
+    now = part_stamps(out)
+    assert {k: now.get(k) for k in before} == before, f"a rerun rewrote finished parts: {sorted(before)}"
+
+
+@pytest.mark.slow
 def test_sigkilled_harvest_resumes_to_the_uninterrupted_result(tmp_path):
     ref = tmp_path / "ref.h5"
     harvest(HarvestConfig(**ARGS, out=str(ref)))
@@ -48,6 +57,7 @@ def test_sigkilled_harvest_resumes_to_the_uninterrupted_result(tmp_path):
     rng = random.Random(0)
     kills, finished = 0, False
     for _ in range(12):
+        finished_parts = part_stamps(out)
         proc = subprocess.Popen(_cli(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # kill 0-50 ms after the next cohort lands (in the index rebuild, the next cohort's training
         # or its part write): driven by progress on disk, not by a guess of the start-up time, so
@@ -61,13 +71,18 @@ def test_sigkilled_harvest_resumes_to_the_uninterrupted_result(tmp_path):
         if proc.poll() is not None:
             assert proc.returncode == 0
             finished = True
+        else:
+            proc.kill()
+            proc.wait()
+            kills += 1
+            _check_consistent(out)
+        _assert_untouched(out, finished_parts)
+        if finished:
             break
-        proc.kill()
-        proc.wait()
-        kills += 1
-        _check_consistent(out)
     if not finished:
+        finished_parts = part_stamps(out)
         assert subprocess.run(_cli(out), capture_output=True).returncode == 0
+        _assert_untouched(out, finished_parts)
     assert kills >= 2
     assert _check_consistent(out) == 24
     zk, zr = Zoo(out), Zoo(ref)

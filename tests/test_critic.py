@@ -19,7 +19,7 @@ from gpt_params.layout import permute, random_perms
 from gpt_params.tasks import get_task
 from gpt_params.zoo_reader import Zoo
 
-from .conftest import repo_root, tiny_export
+from .conftest import repo_root, run_script, tiny_export
 
 CFG = CriticConfig(probes=64, hidden=64, epochs=40, batch_size=64)
 
@@ -147,7 +147,7 @@ def test_critic_script_bad_input_is_one_line(fitted, tmp_path, args, match):
     zoo, _, _, _, model = fitted
     copy = shutil.copytree(model, tmp_path / "m")
     before = (copy / "model.safetensors").read_bytes()
-    res = run("train/critic.py", "--model", copy, "--zoo", zoo.path, *args)
+    res = run_script(repo_root() / "train" / "critic.py", "--model", copy, "--zoo", zoo.path, *args)
     assert res.returncode != 0 and match in res.stderr and len(res.stderr.strip().splitlines()) == 1, (
         res.stderr
     )
@@ -157,8 +157,20 @@ def test_critic_script_bad_input_is_one_line(fitted, tmp_path, args, match):
 def test_prompting_samples_need_a_critic(fitted, tmp_path):
     zoo, _, _, _, _ = fitted
     plain = tiny_export(tmp_path / "plain", "digits-mlp", "val_loss", [0.1, 2.5], 0.3)
-    res = run("eval/prompting.py", "--model", plain, "--zoo", zoo.path, "--nets", 2, "--samples", 4)
-    assert res.returncode != 0 and "needs a critic" in res.stderr
+    res = run_script(
+        repo_root() / "eval" / "prompting.py",
+        "--model",
+        plain,
+        "--zoo",
+        zoo.path,
+        "--nets",
+        2,
+        "--samples",
+        4,
+    )
+    assert (
+        res.returncode != 0 and "needs a critic" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_export_defaults_make_the_critics_pick_the_plain_call(fitted, tmp_path):

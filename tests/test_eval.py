@@ -16,7 +16,7 @@ from gpt_params.tasks import get_task
 from gpt_params.tasks.batched import Curve, steps_to_reach
 from gpt_params.zoo_reader import Zoo
 
-from .conftest import repo_root, tiny_export
+from .conftest import repo_root, run_script, tiny_export
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +56,16 @@ def test_prompting_script(digits, tmp_path):
 
 def test_prompting_rejects_a_bad_sampler(digits):
     zoo, model = digits
-    res = subprocess.run(
-        [sys.executable, str(repo_root() / "eval" / "prompting.py"), "--model", str(model), "--zoo", str(zoo), "--samplers", "euler:5"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    res = run_script(
+        repo_root() / "eval" / "prompting.py", "--model", model, "--zoo", zoo, "--samplers", "euler:5"
+    )
     assert res.returncode != 0 and "expected ddim:N or ddpm:N" in res.stderr
 
 
 @pytest.mark.parametrize("name", ["prompting.py", "vs_gradient.py", "audit.py"])
 def test_scripts_without_unseen_nets_fail_in_one_line(digits, name):
     zoo, model = digits
-    res = subprocess.run(
-        [sys.executable, str(repo_root() / "eval" / name), "--model", str(model), "--zoo", str(zoo), "--nets", "0"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    res = run_script(repo_root() / "eval" / name, "--model", model, "--zoo", zoo, "--nets", 0)
     assert (
         res.returncode != 0 and res.stderr.count("\n") == 1 and "test-split runs; asked for 0" in res.stderr
     )
@@ -78,10 +74,7 @@ def test_scripts_without_unseen_nets_fail_in_one_line(digits, name):
 @pytest.mark.parametrize("name", ["prompting.py", "vs_gradient.py"])
 def test_scripts_refuse_a_zoo_of_another_task_in_one_line(digits, name):
     zoo, _ = digits
-    res = subprocess.run(
-        [sys.executable, str(repo_root() / "eval" / name), "--model", "mnist-mlp-loss", "--zoo", str(zoo)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    res = run_script(repo_root() / "eval" / name, "--model", "mnist-mlp-loss", "--zoo", zoo)
     assert res.returncode != 0 and res.stderr.count("\n") == 1
     assert "is a 'digits-mlp' zoo; the model is for 'mnist-mlp'" in res.stderr
 
@@ -207,8 +200,8 @@ def test_steps_to_reach():
 
 
 def test_ppo_baseline_counts_adam_steps_and_stops_once_matched():
-    from gpt_params.tasks.ppo import ppo_steps_to_reach
     from gpt_params.tasks.cartpole import fresh_initial_states
+    from gpt_params.tasks.ppo import ppo_steps_to_reach
 
     task = get_task("cartpole")
     theta = torch.stack([task.flatten(task.build(s)) for s in (1, 2)])
@@ -240,12 +233,12 @@ def test_demo_cli_prints_a_table_and_writes_plots(digits, tmp_path):
     assert (out / "one_step_vs_adam.png").stat().st_size > 0
 
 
-def test_demo_cli_bad_input_is_one_line(tmp_path):
-    res = subprocess.run(
-        [sys.executable, "-m", "gpt_params.cli", "demo", "--models", str(tmp_path / "nope")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown model" in res.stderr
+def test_demo_cli_bad_input_is_one_line(tmp_path, capsys):
+    from gpt_params.cli import main
+
+    assert main(["demo", "--models", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown model" in err
 
 
 def test_train_curves_stops_once_every_net_reached_its_target():
@@ -275,7 +268,9 @@ def test_seen_inits_benchmark_scores_train_split_inits(digits):
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["guidance"] for r in rows] == [1.0, 2.0] and all(r["split"] == "train" for r in rows)
     assert all(np.isfinite(r["r2"]) and r["nets"] == 2 for r in rows)
-    bad = benchmark("seen_inits.py", digits, "--nets", 0)
+    bad = run_script(
+        repo_root() / "benchmarks" / "seen_inits.py", "--model", digits[1], "--zoo", digits[0], "--nets", 0
+    )
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "asked for 0" in bad.stderr
 
 
@@ -290,5 +285,32 @@ def test_sampler_spread_benchmark_reports_the_seed_to_seed_spread(digits, tmp_pa
         assert len(vals) == 3 and len(set(vals)) == 3  # the sampler seed changes the step
         assert r["val_loss_mean"] == pytest.approx(np.mean(vals)) and r["val_loss_sd"] > 0
     assert "| guidance |" in res.stdout
-    bad = benchmark("sampler_spread.py", digits, "--seeds", 1)
+    bad = run_script(
+        repo_root() / "benchmarks" / "sampler_spread.py",
+        "--model",
+        digits[1],
+        "--zoo",
+        digits[0],
+        "--seeds",
+        1,
+    )
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "--seeds 1" in bad.stderr
+
+
+def test_prompt_clamp_benchmark_compares_the_prompt_as_given_and_clamped(digits, tmp_path):
+    _, model = digits
+    out = tmp_path / "clamp.json"
+    cmd = [sys.executable, str(repo_root() / "benchmarks" / "prompt_clamp.py"), "--model", str(model)]
+    res = subprocess.run(
+        [*cmd, "--nets", "2", "--prompts", "1.0", "-3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["as_given"] == rows[0]["clamped"]  # 1.0 is within reach: nothing changes
+    assert (
+        rows[1]["sampled_prompt"] == pytest.approx(0.3) and rows[1]["prompt"] == -3.0
+    )  # -3 is clamped to the best
+    assert "| -3 |" in res.stdout

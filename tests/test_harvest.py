@@ -12,6 +12,8 @@ from gpt_params.tasks import get_task
 from gpt_params.zoo import SCHEMA_VERSION, merge, relabel
 from gpt_params.zoo_reader import Zoo, summarise
 
+from .conftest import part_stamps
+
 
 def tiny(tmp_path, name="z.h5", **kw):
     base = dict(
@@ -130,13 +132,38 @@ def test_unseen_runs_come_from_the_test_or_the_val_split_only(tmp_path):
         zoo.require_task("cartpole")
 
 
+class Interrupted(Exception):
+    pass
+
+
+def trained_cohorts(cfg) -> list[int]:
+    """Harvest ``cfg``; the cohorts it trained (those whose commit came after training steps)."""
+    events = []  # None for a training step, the cohort id for a commit (or a skipped cohort)
+    harvest(cfg, on_step=lambda done, total: events.append(None), on_cohort=lambda n, c: events.append(c))
+    trained, stepped = [], False
+    for e in events:
+        if e is not None and stepped:
+            trained.append(e)
+        stepped = e is None
+    return trained
+
+
 def test_harvest_is_deterministic_and_rerun_resumes_without_duplicates(tmp_path):
-    a, b = tiny(tmp_path, "a.h5"), tiny(tmp_path, "b.h5")
-    harvest(a)
+    a, b = tiny(tmp_path, "a.h5"), tiny(tmp_path, "b.h5")  # 10 runs in cohorts of 4, 4, 2
     harvest(b)
-    trained = []
-    harvest(a, on_step=lambda s, t: trained.append(s))  # all cohorts done: nothing retrains
-    assert trained == []
+
+    def stop_after_first(n, cohort):
+        raise Interrupted  # killed right after cohort 0 landed
+
+    with pytest.raises(Interrupted):
+        harvest(a, on_cohort=stop_after_first)
+    finished = part_stamps(a.out)
+    assert list(finished) == ["cohort-000000.h5"]
+    assert trained_cohorts(a) == [1, 2]  # the resume trains only the missing cohorts...
+    after = part_stamps(a.out)
+    assert {k: after[k] for k in finished} == finished  # ...and leaves the finished part untouched
+    assert trained_cohorts(a) == []  # all cohorts done: nothing retrains
+    assert part_stamps(a.out) == after
     za, zb = Zoo(a.out), Zoo(b.out)
     assert za.n_runs == 10 and np.array_equal(za.run_id, zb.run_id)
     for r in range(10):
@@ -155,7 +182,7 @@ def test_resume_with_another_config_is_refused_and_nothing_is_lost(tmp_path):
 
 
 def test_diverged_runs_are_recorded_but_never_served(tmp_path, monkeypatch):
-    import gpt_params.harvest as h
+    import gpt_params.tasks.batched as h  # where supervised cohorts draw their recipes
     from gpt_params.recipes import RunRecipe
 
     real = h.run_recipe

@@ -147,7 +147,10 @@ def test_aliases(opt):
     [
         (torch.zeros(17), "expected \\(\\d+,\\) or \\(batch"),
         (torch.zeros(2, 3, 4), "expected"),
-        (torch.nn.Linear(3, 2), r"expected the digits-mlp network \(fc1.weight \(16, 64\), .*got weight \(2, 3\)"),
+        (
+            torch.nn.Linear(3, 2),
+            r"expected the digits-mlp network \(fc1.weight \(16, 64\), .*got weight \(2, 3\)",
+        ),
         ({"fc1.weight": torch.zeros(1)}, r"got fc1.weight \(1,\)$"),
         ("net.pt", "not understood"),
         ([], "empty list"),
@@ -173,7 +176,9 @@ def test_non_finite_inputs_are_rejected(opt):
 def test_a_prompt_beyond_reach_is_clamped_to_the_reachable_end_with_a_warning(opt):
     theta = opt.task.flatten(opt.task.build(0))
     best = opt.step(theta, opt.best_prompt, current_loss=2.3, generator=gen(5))
-    with pytest.warns(UserWarning, match=r"target_loss -3.0 lies beyond what the model can reach .*clamped to 0.2"):
+    with pytest.warns(
+        UserWarning, match=r"target_loss -3.0 lies beyond what the model can reach .*clamped to 0.2"
+    ):
         clamped = opt.step(theta, -3.0, current_loss=2.3, generator=gen(5))
     torch.testing.assert_close(clamped, best, rtol=0, atol=0)
     assert opt.last_report.prompts == [pytest.approx(0.2)]

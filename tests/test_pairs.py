@@ -4,7 +4,8 @@ import torch
 
 from gpt_params.errors import GptParamsError
 from gpt_params.harvest import HarvestConfig, harvest
-from gpt_params.normalize import ParamNormalizer, denormalize_metric, normalize_metric
+from gpt_params.layout import permute
+from gpt_params.normalize import ParamNormalizer
 from gpt_params.pairs import PairConfig, PairStream, best_index
 from gpt_params.tasks import get_task
 from gpt_params.zoo_reader import Zoo
@@ -101,11 +102,39 @@ def test_late_bias_draws_later_checkpoints_and_bad_fractions_are_refused(zoo):
             stream(zoo, **bad)
 
 
+def unit_perms(layout, groups, plain, permuted):
+    """The hidden-unit permutations (``[(1, size)]``, one per group) that turn network ``plain`` (D,)
+    into ``permuted`` (D,): units are matched by the sorted values of everything they own, which no
+    other group's permutation changes."""
+    perms = []
+    for group in groups:
+        sig = []
+        for theta in (plain, permuted):
+            views = layout.unflatten(theta)
+            parts = [views[name].movedim(axis, 0).reshape(group.size, -1) for name, axis in group.members]
+            sig.append(torch.cat(parts, 1).sort(1).values)  # (size, values per unit)
+        match = (sig[1][:, None] == sig[0][None]).all(-1)  # (size, size): unit k of permuted is unit j
+        assert (match.sum(1) == 1).all(), "units are not told apart by their values"
+        perms.append(match.long().argmax(1)[None])
+    return perms
+
+
 def test_augmentation_permutes_both_ends_alike_and_keeps_the_function(zoo):
     plain, aug = first(stream(zoo), 1)[0], first(stream(zoo, augment=True), 1)[0]
     assert torch.equal(plain["prompt"], aug["prompt"])
     assert not torch.equal(plain["theta_start"], aug["theta_start"])
     task = get_task("digits-mlp")
+    layout, groups = task.layout, task.symmetries
+    moved = 0
+    for b in range(len(plain["prompt"])):
+        # the permutation read off the start must be the one that maps the future end too
+        perms = unit_perms(layout, groups, plain["theta_start"][b], aug["theta_start"][b])
+        moved += any(not torch.equal(p[0], torch.arange(len(p[0]))) for p in perms)
+        for key in ("theta_start", "theta_future"):
+            assert torch.equal(permute(plain[key][b : b + 1], layout, groups, perms)[0], aug[key][b]), (
+                f"pair {b}: {key} is not the start's permutation of the unaugmented {key}"
+            )
+    assert moved == len(plain["prompt"])
     x = task.data.x["val"][:20]
     for key in ("theta_start", "theta_future"):
         with torch.no_grad():
@@ -116,9 +145,10 @@ def test_augmentation_permutes_both_ends_alike_and_keeps_the_function(zoo):
 
 def test_metric_normalisation_round_trips():
     v = torch.tensor([0.3, 1.0, 2.3])
-    for metric, task in (("val_loss", "mnist-mlp"), ("val_error", "mnist-mlp"), ("return_mean", "cartpole")):
-        torch.testing.assert_close(denormalize_metric(normalize_metric(v, metric, task), metric, task), v)
-    assert normalize_metric(torch.tensor([500.0]), "return_mean", "cartpole").item() == 1.0
+    for metric, name in (("val_loss", "mnist-mlp"), ("val_error", "mnist-mlp"), ("return_mean", "cartpole")):
+        task = get_task(name)
+        torch.testing.assert_close(task.denormalize_metric(task.normalize_metric(v, metric), metric), v)
+    assert get_task("cartpole").normalize_metric(torch.tensor([500.0]), "return_mean").item() == 1.0
 
 
 def test_early_stopping_cuts_each_run_at_its_best_checkpoint(zoo):

@@ -1,13 +1,13 @@
-"""The shipped models: present, small enough, loadable by name, and each improves an unseen init."""
+"""The shipped models: present, small enough, loadable by name, and each reaches its documented
+one-step result on unseen random inits."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from gpt_params.cli import main
 from gpt_params.errors import GptParamsError
 from gpt_params.export import WEIGHTS, convert_export, load_export
 from gpt_params.optimizer import PRETRAINED_DIR, LearnedOptimizer, pretrained_names
@@ -17,6 +17,43 @@ from .conftest import tiny_export
 EXPECTED = ("cartpole-return", "digits-mlp-loss", "mnist-cnn-loss", "mnist-mlp-error", "mnist-mlp-loss")
 MiB = 2**20
 
+# The demo protocol (README "Results", ``gpt-params demo``): unseen inits ``unseen_inits(nets)``, one
+# DDIM-5 step prompted for the model's best metric at its default guidance, sampler seed 0, the median
+# test-split metric. Each limit is the README's 16-net figure plus a margin that no sampler seed
+# crossed on these inits but that a one-step sampler, guidance 1 instead of the model's default, or a
+# prompt of 1.5 does cross (medians over sampler seeds 0..k-1, 2026-11-30, 2 CPU cores):
+#   model            nets  README  5 steps (k)         1 step (k)        guidance 1 (k)      prompt 1.5  limit
+#   mnist-mlp-loss    128  0.376   0.3727-0.3751 (6)   0.461-0.471 (2)   0.3854-0.3889 (4)   1.54        0.380
+#   mnist-mlp-error   128  16.5%   16.9-17.5% (8)      18.35-18.9% (4)   (its default)       89.4%       17.9%
+#   digits-mlp-loss    64  0.250   0.261-0.274 (5)     0.564 (1)         (its default)       1.51        0.31
+#   mnist-cnn-loss     16  2.25    2.171-2.277 (5)     2.223 (1)         (its default)       (= best)    2.30
+# The weak mnist-cnn-loss (4-epoch zoo) moves an init from 2.31 only to about 2.25: its limit only
+# catches a model that no longer improves (a prompt of 1.5 is clamped to its best prompt, 1.86; the
+# error model's to the worst error it was trained on). Dropping the clamp to the zoo's parameter range
+# changes none of these medians; the range check below catches it (0.2-1.1% of coordinates leave it).
+ONE_STEP = {
+    "mnist-mlp-loss": (128, "test_loss", 0.380),
+    "mnist-mlp-error": (128, "test_error", 0.179),
+    "digits-mlp-loss": (64, "test_loss", 0.31),
+    "mnist-cnn-loss": (16, "test_loss", 2.30),
+}
+
+
+def demo_step(opt, nets):
+    """The demo protocol's one step from ``nets`` unseen inits: (inits, outputs), both ``(nets, D)``."""
+    theta0 = opt.task.unseen_inits(nets)  # seeds no harvest uses
+    new = opt.step(theta0, opt.best_prompt, num_inference_steps=5, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(new).all()
+    return theta0, new
+
+
+def assert_inside_the_zoo_range(opt, new):
+    """Every output coordinate lies within the zoo's parameter range the export clamps to."""
+    low, high = opt.exported.clamp  # normalised (D,)
+    z = opt.exported.normalizer.normalize(new)
+    outside = ((z < low - 1e-4) | (z > high + 1e-4)).float().mean().item()
+    assert outside == 0, f"{outside:.2%} of output coordinates lie outside the zoo's range"
+
 
 def test_every_promised_model_is_shipped_within_the_size_budget():
     assert set(EXPECTED) <= set(pretrained_names())
@@ -25,22 +62,29 @@ def test_every_promised_model_is_shipped_within_the_size_budget():
     assert sum(sizes.values()) <= 60 * MiB, sizes
 
 
-@pytest.mark.parametrize("name", EXPECTED)
-def test_shipped_model_improves_an_unseen_random_init_in_one_step(name):
+@pytest.mark.parametrize("name", sorted(ONE_STEP))
+def test_shipped_model_reaches_its_documented_one_step_result(name):
+    nets, metric, limit = ONE_STEP[name]
     opt = LearnedOptimizer.from_pretrained(name)
     assert opt.exported.meta["task"] == opt.task.name
-    theta0 = opt.task.unseen_inits(4)  # (4, D), seeds no harvest uses
-    new = opt.step(theta0, opt.best_prompt, generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(new).all()
-    before, after = opt.measure(theta0), opt.measure(new)
-    if opt.metric == "return":
-        assert np.median(after) > np.median(before) + 50, (before, after)
-    else:
-        # the weakest shipped model (mnist-cnn-loss, from a 4-epoch zoo) gains ~6%; the others far more
-        assert np.median(after) < 0.97 * np.median(before), (before, after)
-        test = opt.task.evaluate(new, splits=("test",))
-        start = opt.task.evaluate(theta0, splits=("test",))
-        assert np.median(test["test_loss"]) < np.median(start["test_loss"])
+    theta0, new = demo_step(opt, nets)
+    assert_inside_the_zoo_range(opt, new)
+    start = np.median(opt.task.evaluate(theta0, splits=("test",))[metric])
+    achieved = np.median(opt.task.evaluate(new, splits=("test",))[metric])
+    assert achieved <= limit, f"{name}: median {metric} {achieved:.4f} from {start:.4f}; limit {limit}"
+
+
+def test_shipped_cartpole_model_balances_every_unseen_init_in_one_step():
+    # README: a mean return of 500 (the maximum) from every fresh random policy. On these 8 inits
+    # (return_sampled, 32 episodes each) all 8 reach 500 for sampler seeds 0-7, 2026-11-30; the lowest
+    # of the 8 is 363-492 with guidance 1 instead of the default 4 (seeds 0-5), the median 483 with a
+    # one-step sampler, 27 with a prompt of 1.5
+    opt = LearnedOptimizer.from_pretrained("cartpole-return")
+    assert (opt.default_guidance, opt.default_samples, opt.default_combine) == (4.0, 8, "critic")
+    theta0, new = demo_step(opt, 8)
+    assert_inside_the_zoo_range(opt, new)
+    returns = opt.measure(new)  # (8,) return_sampled, the metric it is conditioned on
+    assert returns.min() >= 500, returns
 
 
 def test_half_precision_export_loads_as_float32_and_samples_like_the_original(tmp_path):
@@ -62,7 +106,9 @@ def test_half_precision_export_loads_as_float32_and_samples_like_the_original(tm
         )
         for e in (a, b)
     ]
-    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=5e-3)
+    # fp16 weights move outputs (scale 0.3) by at most 3.0e-5 here (2.9-3.2e-5 over sampler seeds 0-5);
+    # weights rounded through bfloat16 instead move them by 2.0e-4
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1.2e-4)
 
 
 def test_default_guidance_is_stored_by_export_and_used_when_a_call_names_none(tmp_path):
@@ -83,19 +129,16 @@ def test_default_guidance_is_stored_by_export_and_used_when_a_call_names_none(tm
     assert not (tmp_path / "bad").exists()
 
 
-def test_export_cli_sets_dtype_and_default_guidance_and_rejects_bad_values_in_one_line(tmp_path):
+def test_export_cli_sets_dtype_and_default_guidance_and_rejects_bad_values_in_one_line(tmp_path, capsys):
     src = tiny_export(tmp_path / "src", "digits-mlp", "val_loss", (0.1, 2.4), 0.2)
-
-    def cli(*args):
-        cmd = [sys.executable, "-m", "gpt_params.cli", "export", str(src), *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-    ok = cli("--out", str(tmp_path / "g2"), "--default-guidance", "2")
-    assert ok.returncode == 0, ok.stderr
+    assert main(["export", str(src), "--out", str(tmp_path / "g2"), "--default-guidance", "2"]) == 0
     meta = json.loads((tmp_path / "g2" / "config.json").read_text())
     assert meta["default_guidance"] == 2.0 and meta["weights_dtype"] == "float16"
-    bad = cli("--out", str(tmp_path / "nan"), "--default-guidance", "nan")
-    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "got nan" in bad.stderr
+    capsys.readouterr()
+    assert main(["export", str(src), "--out", str(tmp_path / "nan"), "--default-guidance", "nan"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpt-params: error") and err.count("\n") == 1 and "got nan" in err, err
+    assert not (tmp_path / "nan").exists()
 
 
 def test_shipped_cartpole_model_picks_by_its_critic_and_follows_prompts():

@@ -97,8 +97,8 @@ def test_missing_or_malformed_mnist_dir_is_a_clear_error(tmp_path, mnist_dir):
 def test_actor_vector_follows_sb3_parameters_order():
     from stable_baselines3.common.utils import get_device  # noqa: F401  (SB3 importable)
 
-    from gpt_params.tasks.ppo import make_ppo
     from gpt_params.recipes import PPORecipe
+    from gpt_params.tasks.ppo import make_ppo
 
     task = get_task("cartpole")
     model = make_ppo(PPORecipe(n_envs=1, batch_size=32), seed=0)

@@ -1,5 +1,7 @@
 """Smoke runs of train/diffuse.py: plain python, under accelerate launch, and save/resume."""
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -9,7 +11,7 @@ from safetensors.torch import load_file
 
 from gpt_params.harvest import HarvestConfig, harvest
 
-from .conftest import accelerate_launch, repo_root
+from .conftest import accelerate_launch, repo_root, run_script
 
 SCRIPT = str(repo_root() / "train" / "diffuse.py")
 TINY = [
@@ -44,6 +46,7 @@ def run(args, launcher=None):
     return res
 
 
+@pytest.mark.slow
 def test_two_steps_export_a_loadable_model(zoo, tmp_path):
     from gpt_params.export import load_export
 
@@ -78,23 +81,41 @@ def test_two_steps_export_a_loadable_model(zoo, tmp_path):
     assert (out / "state" / "step-2").is_dir()
 
 
+@pytest.mark.slow
 def test_accelerate_launch_runs_the_same_script(zoo, tmp_path):
     launcher = accelerate_launch("--num_processes", "1", "--cpu")
     run(["--zoo", str(zoo), "--out", str(tmp_path / "acc"), "--max-steps", "2", *TINY], launcher=launcher)
     assert (tmp_path / "acc" / "model.safetensors").is_file()
 
 
+def stamps(folder):
+    """(inode, mtime_ns, size) of every file under ``folder``: what rewriting any of them changes."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {p.relative_to(folder): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in files}
+
+
+@pytest.mark.slow
 def test_resume_continues_to_the_uninterrupted_result(zoo, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     run(["--zoo", str(zoo), "--out", str(a), "--max-steps", "4", "--save-every", "2", *TINY])
     run(["--zoo", str(zoo), "--out", str(b), "--max-steps", "4", "--save-every", "2", *TINY])
     shutil.rmtree(b / "state" / "step-4")
     (b / "model.safetensors").unlink()
-    run(["--zoo", str(zoo), "--out", str(b), "--max-steps", "4", "--save-every", "2", "--resume", *TINY])
+    saved = stamps(b / "state" / "step-2")
+    res = run(
+        ["--zoo", str(zoo), "--out", str(b), "--max-steps", "4", "--save-every", "2", "--resume", *TINY]
+    )
+    # it continued at step 2 rather than retraining from step 0 (which would reach the same weights):
+    # the progress bar starts at 2/4, step 2's checkpoint is not written again, step 4's is
+    shown = [int(n) for n in re.findall(r"\| *(\d+)/4 \[", res.stderr)]
+    assert shown and shown[0] == 2 and min(shown) == 2, res.stderr[-2000:]
+    assert stamps(b / "state" / "step-2") == saved
+    assert (b / "state" / "step-4").is_dir()
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert wa.keys() == wb.keys()
     for k in wa:
         assert (wa[k] - wb[k]).abs().max() <= 1e-6, k
+    assert json.loads((b / "config.json").read_text())["train_steps"] == 4
 
 
 def test_function_space_term_trains_and_is_recorded(zoo, tmp_path):
@@ -111,15 +132,12 @@ def test_function_space_term_trains_and_is_recorded(zoo, tmp_path):
 
 
 def test_bad_zoo_is_a_one_line_error(tmp_path):
-    res = subprocess.run(
-        [sys.executable, SCRIPT, "--zoo", str(tmp_path / "none.h5")], capture_output=True, text=True
-    )
+    res = run_script(SCRIPT, "--zoo", tmp_path / "none.h5")
     assert res.returncode != 0 and "none.h5" in res.stderr and res.stderr.strip().count("\n") == 0
 
 
 def test_bad_pair_option_is_a_one_line_error(zoo, tmp_path):
-    args = [SCRIPT, "--zoo", str(zoo), "--out", str(tmp_path / "m"), "--late-bias", "-1", *TINY]
-    res = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+    res = run_script(SCRIPT, "--zoo", zoo, "--out", tmp_path / "m", "--late-bias", "-1", *TINY)
     assert res.returncode != 0 and res.stderr.strip().count("\n") == 0
     assert "--late-bias must be positive" in res.stderr and "-1" in res.stderr
 
@@ -138,8 +156,7 @@ def test_bad_pair_option_is_a_one_line_error(zoo, tmp_path):
     ],
 )
 def test_bad_model_or_loss_option_is_a_one_line_error(zoo, tmp_path, flags, message):
-    args = [SCRIPT, "--zoo", str(zoo), "--out", str(tmp_path / "m"), *TINY, *flags]
-    res = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+    res = run_script(SCRIPT, "--zoo", zoo, "--out", tmp_path / "m", *TINY, *flags)
     assert res.returncode != 0 and res.stderr.strip().count("\n") == 0
     assert message in res.stderr
     assert not (tmp_path / "m").exists()

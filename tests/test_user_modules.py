@@ -39,7 +39,12 @@ def sequential(task: str) -> nn.Sequential:
     return nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 2))
 
 
-METRICS = {"mnist-mlp": "val_loss", "digits-mlp": "val_loss", "mnist-cnn": "val_loss", "cartpole": "return_mean"}
+METRICS = {
+    "mnist-mlp": "val_loss",
+    "digits-mlp": "val_loss",
+    "mnist-cnn": "val_loss",
+    "cartpole": "return_mean",
+}
 
 
 @pytest.fixture(scope="module", params=sorted(METRICS))
@@ -99,7 +104,9 @@ def test_a_network_of_other_shapes_is_refused_naming_both_sides(opt):
 def test_mnist_mlp_784_32_10_names_what_it_got(tmp_path):
     opt = LearnedOptimizer.from_pretrained(tiny_export(tmp_path, "mnist-mlp", "val_loss", [0.1, 2.5], 0.3))
     net = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
-    with pytest.raises(GptParamsError, match=r"got 1.weight \(32, 784\), 1.bias \(32,\), 3.weight \(10, 32\)"):
+    with pytest.raises(
+        GptParamsError, match=r"got 1.weight \(32, 784\), 1.bias \(32,\), 3.weight \(10, 32\)"
+    ):
         step(opt, net)
 
 
@@ -115,3 +122,17 @@ def test_an_sb3_policy_steps_its_actor_and_keeps_its_value_network(tmp_path):
     assert all(torch.equal(old[n], now[n]) for n in old if "value" in n)  # the critic side is untouched
     assert not torch.equal(old["action_net.weight"], now["action_net.weight"])
     torch.testing.assert_close(opt.task.layout.flatten(new), step(opt, opt.task.layout.flatten(policy)))
+
+
+@pytest.mark.gpu
+def test_a_step_on_cuda_keeps_the_callers_tensors_and_modules_there(tmp_path):
+    exp = tiny_export(tmp_path, "digits-mlp", "val_loss", [0.1, 2.5], 0.3, std=0.05)
+    cpu, gpu = LearnedOptimizer.from_pretrained(exp), LearnedOptimizer.from_pretrained(exp, device="cuda")
+    theta = cpu.task.unseen_inits(3)
+    kw = {"current_loss": 2.3, "generator": torch.Generator().manual_seed(0)}
+    on_gpu = gpu.step(theta.cuda(), 0.5, **kw)
+    assert on_gpu.device.type == "cuda"
+    kw["generator"] = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(on_gpu.cpu(), cpu.step(theta, 0.5, **kw), rtol=1e-3, atol=1e-3)
+    net = sequential("digits-mlp").cuda()
+    assert next(step(gpu, net).parameters()).device.type == "cuda"
