@@ -13,22 +13,21 @@ evaluation scripts, ``gpt-params demo`` and validation during training all call 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from gpt_params.critic import NO_CRITIC
 from gpt_params.diffusion import SAMPLERS, sample
-from gpt_params.errors import GptParamsError, LayoutError
+from gpt_params.errors import GptParamsError
 from gpt_params.export import COMBINE, Exported, load_export
+from gpt_params.networks import as_batch
 from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task
 
@@ -247,13 +246,17 @@ class LearnedOptimizer:
             raise GptParamsError(
                 f"num_inference_steps must be a positive integer, got {num_inference_steps!r}"
             )
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
-            raise GptParamsError(f"guidance_scale must be finite, got {guidance_scale!r}")
+        try:
+            guidance = float(guidance_scale)
+        except (TypeError, ValueError):
+            guidance = math.nan
+        if not math.isfinite(guidance):
+            raise GptParamsError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         if sampler not in SAMPLERS:
             raise GptParamsError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         return {
             "num_inference_steps": num_inference_steps,
-            "guidance_scale": float(guidance_scale),
+            "guidance_scale": guidance,
             "num_samples": num_samples,
             "combine": combine,
             "sampler": sampler,
@@ -409,76 +412,5 @@ class LearnedOptimizer:
 
     def _to_batch(self, params):
         """``params`` -> ``(B, D)`` float tensor on the input's device and a function turning a result
-        back into the input's kind, names, dtype and device."""
-        layout = self.task.layout
-        if isinstance(params, (list, tuple)):
-            if not params:
-                raise GptParamsError("params is an empty list; expected networks to update")
-            parts = [self._to_batch(p) for p in params]
-            sizes = [len(t) for t, _ in parts]
-            theta = torch.cat([t.to(parts[0][0].device) for t, _ in parts])
-            offsets = np.cumsum([0, *sizes])
-
-            def rebuild_list(out: torch.Tensor):
-                return type(params)(
-                    r(out[a:z]) for (_, r), a, z in zip(parts, offsets[:-1], offsets[1:], strict=True)
-                )
-
-            return theta, rebuild_list
-        if isinstance(params, nn.Module):
-            named = list(params.named_parameters())
-            names = layout.match(named, self.task.describe_network())
-            own = dict(named)
-            theta = torch.cat([own[n].detach().reshape(-1) for n in names])[None].float()  # (1, D)
-            self._check_finite(theta)
-
-            def rebuild_module(out: torch.Tensor) -> nn.Module:
-                new = copy.deepcopy(params)
-                mine = dict(new.named_parameters())
-                with torch.no_grad():
-                    for n, t in zip(names, layout.unflatten(out[0]).values(), strict=True):
-                        mine[n].copy_(t)
-                return new
-
-            return theta, rebuild_module
-        if isinstance(params, Mapping):
-            named = [(k, v) for k, v in params.items() if torch.is_tensor(v)]
-            names = layout.match(named, self.task.describe_network())
-            theta = torch.cat([params[n].detach().reshape(-1) for n in names])[None].float()  # (1, D)
-            self._check_finite(theta)
-
-            def rebuild_state(out: torch.Tensor) -> dict:
-                new = {
-                    k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
-                    for k, v in params.items()
-                }
-                for n, t in zip(names, layout.unflatten(out[0]).values(), strict=True):
-                    new[n] = t.to(dtype=params[n].dtype, device=params[n].device).clone()
-                return new
-
-            return theta, rebuild_state
-        if torch.is_tensor(params):
-            if params.dim() not in (1, 2) or params.shape[-1] != layout.numel:
-                raise LayoutError(
-                    f"parameter tensor has shape {tuple(params.shape)}; expected ({layout.numel},) or "
-                    f"(batch, {layout.numel}) for task {self.task.name!r}"
-                )
-            theta = params.detach().reshape(-1, layout.numel).float()
-            self._check_finite(theta)
-            single, dtype, device = params.dim() == 1, params.dtype, params.device
-
-            def rebuild_tensor(out: torch.Tensor) -> torch.Tensor:
-                out = out.to(dtype=dtype, device=device)
-                return out[0] if single else out
-
-            return theta, rebuild_tensor
-        raise GptParamsError(
-            f"params of type {type(params).__name__} not understood; expected an nn.Module, a state_dict, "
-            "a flat or (batch, D) tensor, or a list of those"
-        )
-
-    @staticmethod
-    def _check_finite(theta: torch.Tensor) -> None:
-        bad = (~torch.isfinite(theta)).sum().item()
-        if bad:
-            raise GptParamsError(f"params contain {bad} NaN or Inf values; expected finite parameters")
+        back into the input's kind, names, dtype and device (:func:`gpt_params.networks.as_batch`)."""
+        return as_batch(params, self.task.layout, self.task.describe_network())

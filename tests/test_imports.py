@@ -13,7 +13,7 @@ PACKAGE = Path(gpt_params.__file__).parent
 LAYERS = [
     {"errors"},
     {"config", "layout", "recipes"},
-    {"tasks", "normalize"},
+    {"tasks", "normalize", "networks"},
     {"zoo", "tokenizers", "diffusion", "align"},
     {"zoo_reader", "model"},
     {"pairs", "critic"},
