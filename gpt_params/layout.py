@@ -124,14 +124,17 @@ class ParamLayout:
 
         By name when every layout name is there with its shape (the task's own module, an SB3 policy
         with its value network beside the actor); otherwise by position when the tensors have the
-        layout's shapes in its order (an ``nn.Sequential``, a class with other names). Anything else is
-        a :class:`LayoutError` naming ``expected`` (default: the layout) and what was given.
+        layout's shapes in its order (an ``nn.Sequential``, a class with other names), given as they
+        come or in module order (a safetensors file stores its names sorted: ``1.bias`` before
+        ``1.weight`` and ``10.weight`` before ``2.weight``). Anything else is a :class:`LayoutError`
+        naming ``expected`` (default: the layout) and what was given.
         """
         given = {n: tuple(t.shape) for n, t in named}
         if all(given.get(n) == s for n, s in zip(self.names, self.shapes, strict=True)):
             return list(self.names)
-        if [tuple(t.shape) for _, t in named] == list(self.shapes):
-            return [n for n, _ in named]
+        for order in ([n for n, _ in named], sorted(given, key=_module_order)):
+            if [given[n] for n in order] == list(self.shapes):
+                return order
         got = describe_named((n, tuple(t.shape)) for n, t in named) or "no tensors"
         raise LayoutError(f"expected {expected or self.describe_shapes()}, got {got}")
 
@@ -144,6 +147,14 @@ class ParamLayout:
     def from_json(cls, text: str) -> ParamLayout:
         d = json.loads(text)
         return cls(tuple(d["names"]), tuple(tuple(s) for s in d["shapes"]))
+
+
+def _module_order(name: str) -> tuple:
+    """Sort key restoring the order PyTorch registers parameters in, for the usual names: module paths
+    with numeric parts compared as numbers, and a layer's ``weight`` before its ``bias``."""
+    *path, leaf = name.split(".")
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in path)
+    return parts, {"weight": 0, "bias": 1}.get(leaf, 2), leaf
 
 
 def describe_named(named) -> str:

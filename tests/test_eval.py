@@ -254,10 +254,9 @@ def test_train_curves_stops_once_every_net_reached_its_target():
 
 
 def benchmark(name, digits, *args):
-    """Runs ``benchmarks/<name>`` on the tiny digits model and zoo; returns the finished process."""
+    """Runs ``benchmarks/<name>`` on the tiny digits model and zoo in this process (see ``run_script``)."""
     zoo, model = digits
-    cmd = [sys.executable, str(repo_root() / "benchmarks" / name), "--model", str(model), "--zoo", str(zoo)]
-    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=300)
+    return run_script(repo_root() / "benchmarks" / name, "--model", model, "--zoo", zoo, *args)
 
 
 def test_seen_inits_benchmark_scores_train_split_inits(digits):

@@ -242,29 +242,26 @@ def run_cli(*args):
     )
 
 
-def test_cli_optimize_writes_a_loadable_network(tmp_path, export_dir):
+def test_cli_optimize_writes_a_loadable_network(tmp_path, export_dir, capsys):
     out = tmp_path / "net.safetensors"
-    r = run_cli(
-        "--model",
-        str(export_dir),
-        "--task",
-        "digits-mlp",
-        "--target",
-        "0.5",
-        "--seed",
-        "3",
-        "--out",
-        str(out),
-    )
-    assert r.returncode == 0, r.stderr
-    assert "val_loss" in r.stdout and "test error" in r.stdout
+    args = ["--task", "digits-mlp", "--target", "0.5", "--seed", "3", "--out", str(out)]
+    assert cli_code(["optimize", "--model", str(export_dir), *args]) == 0
+    printed = capsys.readouterr().out
+    assert "val_loss" in printed and "test error" in printed
     state = load_file(str(out))
     task = get_task("digits-mlp")
     assert task.layout.flatten(state).shape == (task.layout.numel,)
-    # starting from that file works too
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "init.safetensors"))
-    r = run_cli("--model", str(export_dir), "--init", str(tmp_path / "init.safetensors"), "--target", "0.5")
-    assert r.returncode == 0, r.stderr
+    # starting from that file works too, and from a state dict of the same shapes under other names
+    seq = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+    )
+    save_file({k: v.contiguous() for k, v in seq.state_dict().items()}, str(tmp_path / "init.safetensors"))
+    assert (
+        cli_code(["optimize", "--model", str(export_dir), "--init", str(tmp_path / "init.safetensors")]) == 0
+    )
+    before = float(capsys.readouterr().out.split("val_loss ")[1].split(" ")[0])
+    expected = LearnedOptimizer.from_pretrained(export_dir).measure(seq)[0]
+    assert before == pytest.approx(float(f"{expected:.4g}"))
 
 
 @pytest.mark.parametrize(

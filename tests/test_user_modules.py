@@ -136,3 +136,16 @@ def test_a_step_on_cuda_keeps_the_callers_tensors_and_modules_there(tmp_path):
     torch.testing.assert_close(on_gpu.cpu(), cpu.step(theta, 0.5, **kw), rtol=1e-3, atol=1e-3)
     net = sequential("digits-mlp").cuda()
     assert next(step(gpu, net).parameters()).device.type == "cuda"
+
+
+def test_a_state_dict_with_sorted_names_is_put_back_in_module_order(opt):
+    """safetensors files store names sorted (``2.bias`` before ``2.weight``, ``10.*`` before ``2.*``)."""
+    torch.manual_seed(4)
+    seq = sequential(opt.task.name)
+    # 8 layers of padding put the layers at indices from 8 to 15, which a string sort misorders (10 < 8)
+    padded = nn.Sequential(*[nn.Identity() for _ in range(8)], *seq)
+    state = padded.state_dict()
+    shuffled = {k: state[k] for k in sorted(state)}
+    assert list(shuffled) != list(state)
+    theta = torch.cat([p.detach().reshape(-1) for p in seq.parameters()])
+    torch.testing.assert_close(opt.vectors(shuffled)[0], theta)
