@@ -299,13 +299,8 @@ def test_sampler_spread_benchmark_reports_the_seed_to_seed_spread(digits, tmp_pa
 def test_prompt_clamp_benchmark_compares_the_prompt_as_given_and_clamped(digits, tmp_path):
     _, model = digits
     out = tmp_path / "clamp.json"
-    cmd = [sys.executable, str(repo_root() / "benchmarks" / "prompt_clamp.py"), "--model", str(model)]
-    res = subprocess.run(
-        [*cmd, "--nets", "2", "--prompts", "1.0", "-3", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    script = repo_root() / "benchmarks" / "prompt_clamp.py"
+    res = run_script(script, "--model", model, "--nets", 2, "--prompts", "1.0", "-3", "--out", out)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["as_given"] == rows[0]["clamped"]  # 1.0 is within reach: nothing changes
