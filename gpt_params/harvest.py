@@ -99,29 +99,37 @@ def cohort_runs(cfg: HarvestConfig, cohort_id: int) -> np.ndarray:
     return np.arange(cohort_id * cfg.cohort_size, min((cohort_id + 1) * cfg.cohort_size, cfg.runs))
 
 
-def diverged_reason(params: np.ndarray, metrics: dict[str, np.ndarray]) -> str | None:
-    """Why a run's checkpoints ``(K, D)`` and metrics ``{name: (K,)}`` are unusable, or None."""
+def diverged_reason(
+    params: np.ndarray, metrics: dict[str, np.ndarray], may_be_nan: tuple[str, ...] = ()
+) -> str | None:
+    """Why a run's checkpoints ``(K, D)`` and metrics ``{name: (K,)}`` are unusable, or None; the
+    metrics of ``may_be_nan`` may be NaN (``Task.may_be_nan``)."""
     if not np.isfinite(params).all():
         return "non-finite parameters"
     if np.abs(params).max() > DIVERGED_ABS:
         return f"parameters exploded (|w| > {DIVERGED_ABS:g})"
     for name, v in metrics.items():
-        if name != "train_return" and not np.isfinite(v).all():
+        if name not in may_be_nan and not np.isfinite(v).all():
             return f"non-finite {name}"
     return None
 
 
 def assemble_cohort(
-    cfg: HarvestConfig, cohort_id: int, run_ids: np.ndarray, trained: TrainedCohort
+    cfg: HarvestConfig,
+    cohort_id: int,
+    run_ids: np.ndarray,
+    trained: TrainedCohort,
+    may_be_nan: tuple[str, ...] = (),
 ) -> Cohort:
     """Package a trained cohort (``params`` ``(R, K, D)``, ``steps`` ``(R, K)``, ``metrics``
-    ``{name: (R, K)}``), moving diverged runs out of the data into the cohort's divergence record."""
+    ``{name: (R, K)}``), moving diverged runs out of the data into the cohort's divergence record
+    (the metrics of ``may_be_nan`` may be NaN in a healthy run)."""
     recipes, steps, params, metrics = trained.hparams, trained.steps, trained.params, trained.metrics
     seeds = np.array([run_seed(cfg.seed, int(r)) for r in run_ids])
     splits = np.array([run_split(int(r), cfg.val_frac, cfg.test_frac) for r in run_ids], dtype=np.uint8)
     keep, diverged = [], []
     for i, r in enumerate(run_ids):
-        reason = diverged_reason(params[i], {m: v[i] for m, v in metrics.items()})
+        reason = diverged_reason(params[i], {m: v[i] for m, v in metrics.items()}, may_be_nan)
         if reason is None:
             keep.append(i)
         else:
@@ -175,7 +183,8 @@ def harvest(
         if c in done:
             continue
         run_ids = cohort_runs(cfg, c)
-        writer.commit(assemble_cohort(cfg, c, run_ids, task.train_cohort(cfg, c, run_ids, on_step)))
+        trained = task.train_cohort(cfg, c, run_ids, on_step)
+        writer.commit(assemble_cohort(cfg, c, run_ids, trained, task.may_be_nan))
         if on_cohort is not None:
             on_cohort(len(cohort_runs(cfg, c)), c)
     writer.rebuild_index()  # a commit killed between part and index leaves the index behind; catch up

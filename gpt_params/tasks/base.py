@@ -20,7 +20,6 @@ from gpt_params.layout import ParamLayout, PermGroup
 # seeds are 31-bit hashes of (harvest seed, run id), so a 5,000-run zoo shares one of these seeds with
 # chance ~2e-6 per init.
 INIT_SEED = 7_000_000
-METRIC_KINDS = ("loss", "error", "return")
 
 
 @dataclass
@@ -73,6 +72,7 @@ class Task(ABC):
     harvest_unit: str = "step"  # what a cohort's progress counts (``on_step``)
     test_metrics: tuple[str, ...] = ()  # metrics on data no model conditions on (reported by the CLI)
     return_scale: float = 1.0  # returns are divided by this when normalised (the task's best return)
+    may_be_nan: tuple[str, ...] = ()  # metrics a healthy checkpoint may lack (NaN); others mark divergence
 
     @abstractmethod
     def build(self, seed: int) -> nn.Module:
