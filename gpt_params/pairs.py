@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -111,6 +112,15 @@ class PairStream(IterableDataset):
             owner[slots] = runs
         return owner
 
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_task"}  # workers look the task up anew
+
+    @cached_property
+    def _task(self):
+        """The task, for its metric normalisation: looked up in the process that draws batches (a task
+        holds no data until first used, and this uses none)."""
+        return get_task(self.task)
+
     def batch(self, step: int, params: np.ndarray, metric: np.ndarray) -> dict[str, torch.Tensor]:
         """Draw the pairs of ``step`` from the buffer ``params`` (slots, K, D) / ``metric`` (slots, K)."""
         g = _rng(self.seed, 3, step)
@@ -133,7 +143,7 @@ class PairStream(IterableDataset):
             )
             start, future = both.chunk(2)
         m = torch.from_numpy(metric)
-        task = get_task(self.task)  # cheap: a task loads its data on first use, and this uses none
+        task = self._task
         return {
             "theta_start": self.normalizer.normalize(start),
             "theta_future": self.normalizer.normalize(future),
