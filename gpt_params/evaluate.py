@@ -144,13 +144,22 @@ def one_step_vs_gradient(
 
 
 def load_unseen(
-    model: str, zoo_path: str, nets: int, split: str = "test", device: str | None = None
+    model: str,
+    zoo_path: str,
+    nets: int,
+    split: str = "test",
+    device: str | None = None,
+    data_dir: str | None = None,
 ) -> tuple[LearnedOptimizer, Zoo, np.ndarray, torch.Tensor]:
     """The model, the zoo, the first ``nets`` rows of ``split`` (runs no model trained on the zoo saw)
     and their inits ``(N, D)``; a :class:`~gpt_params.errors.GptParamsError` for a missing model, a
-    zoo of another task or too few runs."""
-    opt = LearnedOptimizer.from_pretrained(model, device=device)
+    zoo of another task or too few runs. The task reads its data from ``data_dir``, else from the
+    directory the zoo was harvested from (if any)."""
     zoo = Zoo(zoo_path)
+    data_dir = data_dir or zoo.harvest_config.get("data_dir")
+    opt = LearnedOptimizer.from_pretrained(
+        model, device=device, **({"data_dir": data_dir} if data_dir else {})
+    )
     zoo.require_task(opt.task.name)
     rows = zoo.unseen_runs(nets, split)  # a ZooError for an empty split or nets < 1
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from gpt_params.config import opt
+from gpt_params.devices import process_device
 from gpt_params.errors import GptParamsError
 from gpt_params.recipes import SPACINGS, checkpoint_steps, run_seed  # noqa: F401 (checkpoint_steps: API)
 from gpt_params.tasks import get_task
@@ -50,12 +51,27 @@ class HarvestConfig:
     data_dir: str | None = opt(
         None, "supervised: torchvision data directory (default: offline MNIST-5k / digits)"
     )
+    augment: bool = opt(
+        False,
+        "supervised: augment training images as the task defines (cifar10-cnn: G.pt's random flips and "
+        "4-pixel crops)",
+    )
+    train_metric_images: int | None = opt(
+        None,
+        "supervised: score train_loss / train_error on the first N images of the train split "
+        "(default: all of it; a subset keeps checkpoint scoring cheap on large datasets)",
+    )
     val_frac: float = opt(0.1, "fraction of runs assigned to the val split")
     test_frac: float = opt(0.1, "fraction of runs assigned to the test split")
     shard_index: int = opt(0, "this process's shard (multi-process harvests)")
     num_shards: int = opt(1, "processes sharing the harvest; shard i does cohorts i, i + n, ...")
     out: str = opt("", "output zoo path (not stored)")
     workers: int = opt(1, "cartpole: parallel training processes (not stored)")
+    device: str = opt(
+        "cpu",
+        "supervised: torch device that trains and scores the cohorts (cpu, cuda, cuda:1; not stored); under "
+        "`accelerate launch`, cuda means each process's own GPU",
+    )
 
     def __post_init__(self) -> None:
         for name in ("runs", "ckpts_per_run", "cohort_size", "num_shards", "workers"):
@@ -67,10 +83,10 @@ class HarvestConfig:
             raise GptParamsError(
                 f"--ckpts-per-run must be at least 2 (init and final), got {self.ckpts_per_run}"
             )
-        for name in ("epochs", "timesteps"):
+        for name in ("epochs", "timesteps", "train_metric_images"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise GptParamsError(f"--{name} must be a positive integer, got {v}")
+                raise GptParamsError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
         if self.spacing not in SPACINGS:
             raise GptParamsError(f"--spacing must be one of {SPACINGS}, got {self.spacing!r}")
         if not 0 <= self.shard_index < self.num_shards:
@@ -84,6 +100,10 @@ class HarvestConfig:
         d = asdict(self)
         d.pop("out")
         d.pop("workers")
+        d.pop("device")
+        for name in ("train_metric_images", "augment"):  # zoos harvested before these existed stay resumable
+            if not d[name]:
+                d.pop(name)
         if d["spacing"] == "log":  # zoos harvested before --spacing existed stay resumable
             d.pop("spacing")
         return d
@@ -172,6 +192,13 @@ def harvest(
         raise GptParamsError(
             f"--preset {cfg.preset!r} is not a {task.name} preset; expected one of {task.harvest_presets}"
         )
+    if cfg.device.split(":")[0] not in task.harvest_devices:
+        raise GptParamsError(
+            f"--device {cfg.device!r}: {task.name} harvests on {', '.join(task.harvest_devices)} only"
+        )
+    if cfg.augment and task.augment is None:
+        raise GptParamsError(f"--augment: {task.name} defines no augmentation of its training data")
+    cfg = replace(cfg, device=str(process_device(cfg.device)))
     writer = ZooWriter(cfg.out, zoo_attrs(task.name, task.layout, task.metric_names, cfg.stored()))
     n_cohorts = -(-cfg.runs // cfg.cohort_size)
     mine = [c for c in range(n_cohorts) if c % cfg.num_shards == cfg.shard_index]

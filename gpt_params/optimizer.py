@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from gpt_params.critic import NO_CRITIC
+from gpt_params.devices import resolve_device
 from gpt_params.diffusion import SAMPLERS, sample
 from gpt_params.errors import GptParamsError
 from gpt_params.export import COMBINE, Exported, load_export
@@ -39,29 +40,6 @@ def pretrained_names() -> tuple[str, ...]:
     if not PRETRAINED_DIR.is_dir():
         return ()
     return tuple(sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file()))
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a ``torch.device`` that exists on this machine; a one-line :class:`GptParamsError`
-    for an unknown string or an accelerator that is not there."""
-    if device is None:
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise GptParamsError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise GptParamsError(f"device {str(device)!r}: CUDA is not available on this machine; use 'cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise GptParamsError(
-                f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise GptParamsError(f"device {str(device)!r}: MPS is not available on this machine; use 'cpu'")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise GptParamsError(f"device {str(device)!r} is not supported; expected cpu, cuda, cuda:N or mps")
-    return dev
 
 
 @dataclass

@@ -40,6 +40,11 @@ def add_unseen_arguments(p: argparse.ArgumentParser, nets_help: str) -> None:
         help="runs whose inits are used: test (scores) or val (to choose settings before scoring)",
     )
     p.add_argument("--nets", type=int, default=32, help=nets_help)
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="the task's data directory (default: the one the zoo was harvested from)",
+    )
 
 
 def unseen_or_exit(
@@ -48,6 +53,6 @@ def unseen_or_exit(
     """:func:`gpt_params.evaluate.load_unseen` for the flags of :func:`add_unseen_arguments`; bad input
     (a missing model, a zoo of another task, too few runs) exits with a one-line error."""
     try:
-        return load_unseen(a.model, a.zoo, a.nets, a.split, device)
+        return load_unseen(a.model, a.zoo, a.nets, a.split, device, a.data_dir)
     except GptParamsError as e:
         raise fail(str(e)) from None

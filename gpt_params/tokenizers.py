@@ -177,9 +177,12 @@ class NeuronTokenizer(nn.Module):
             x = torch.cat([theta_start[:, idx], theta_noisy[:, idx]], -1)  # (B, n_g, 2F_g)
             units.append(emb(x) + self.layer_emb[g])  # (B, n_g, E)
         for e, (ga, gb) in enumerate(self.edges):
-            pooled = self.edge_in[e](self._edge_inputs(e, theta_start, theta_noisy))  # (B, n_a, n_b, E)
-            units[ga] = units[ga] + pooled.mean(2)
-            units[gb] = units[gb] + pooled.mean(1)
+            # edge_in = Linear -> GELU -> Linear; the last map is affine, so pooling the (B, n_a, n_b, W)
+            # hidden edges before it equals pooling its (B, n_a, n_b, E) outputs, at W/E of the cost
+            first, act, last = self.edge_in[e]
+            hidden = act(first(self._edge_inputs(e, theta_start, theta_noisy)))  # (B, n_a, n_b, W)
+            units[ga] = units[ga] + last(hidden.mean(2))
+            units[gb] = units[gb] + last(hidden.mean(1))
         tokens = torch.cat(units, 1)  # (B, sum n_g, E)
         if self.rest is not None:
             tokens = torch.cat([tokens, self.rest.encode(theta_start, theta_noisy)], 1)

@@ -218,14 +218,21 @@ def test_ppo_baseline_counts_adam_steps_and_stops_once_matched():
 def test_demo_cli_prints_a_table_and_writes_plots(digits, tmp_path):
     _, model = digits
     cp = tiny_export(tmp_path / "cp", "cartpole", "return_mean", [9.0, 500.0], 500.0)
+    cifar = tiny_export(tmp_path / "cifar", "cifar10-cnn", "val_loss", [1.5, 2.4], 1.6)
     out = tmp_path / "demo"
     res = subprocess.run(
-        [sys.executable, "-m", "gpt_params.cli", "demo", "--models", str(model), str(cp), "--nets", "2",
-         "--rl-nets", "1", "--adam-steps", "20", "--ppo-timesteps", "256", "--out", str(out)],
+        [sys.executable, "-m", "gpt_params.cli", "demo", "--models", str(model), str(cp), str(cifar), "--nets", "2",
+         "--rl-nets", "1", "--adam-steps", "20", "--ppo-timesteps", "256", "--out", str(out),
+         "--data-dir", f"cifar10-cnn={tmp_path / 'absent.tar.gz'}"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert "gradient steps to match" in res.stdout and "return_mean" in res.stdout
+    # a model whose data is absent is a one-line note, not a failure
+    assert [line for line in res.stdout.splitlines() if line.startswith("skipped")] == [
+        f"skipped {cifar}: cifar10-cnn needs --data-dir: torchvision's CIFAR-10 files or an ImageFolder tree "
+        "of its images (none ship with the package)"
+    ]
     rows = json.loads((out / "demo.json").read_text())["models"]
     assert [r["metric"] for r in rows] == ["test_loss", "return_mean"]
     assert all(np.isfinite(r["achieved"]) and r["step_seconds"] > 0 for r in rows)
@@ -239,6 +246,9 @@ def test_demo_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["demo", "--models", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown model" in err
+    assert main(["demo", "--data-dir", "cifar10-cnn"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data-dir 'cifar10-cnn': expected TASK=PATH" in err
 
 
 def test_train_curves_stops_once_every_net_reached_its_target():
@@ -308,3 +318,15 @@ def test_prompt_clamp_benchmark_compares_the_prompt_as_given_and_clamped(digits,
         rows[1]["sampled_prompt"] == pytest.approx(0.3) and rows[1]["prompt"] == -3.0
     )  # -3 is clamped to the best
     assert "| -3 |" in res.stdout
+
+
+def test_harvest_throughput_benchmark_reports_training_rates(tmp_path):
+    out = tmp_path / "throughput.json"
+    script = repo_root() / "benchmarks" / "harvest_throughput.py"
+    args = ["--task", "digits-mlp", "--epochs", 1, "--ckpts-per-run", 3, "--batched-runs", 4]
+    res = run_script(script, *args, "--sequential-runs", 1, "--training-steps", 6, "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    rates = rep["training_net_images_per_s"]
+    assert set(rates) == {"harvest", "plain_batched", "one_at_a_time"} and all(v > 0 for v in rates.values())
+    assert rep["training_vs_plain_batched"] == pytest.approx(rates["harvest"] / rates["plain_batched"])

@@ -98,6 +98,44 @@ def test_recorded_metrics_are_full_split_evaluations(tmp_path):
     assert zoo.metrics["val_loss"][:, -1].mean() < zoo.metrics["val_loss"][:, 0].mean()  # training helped
 
 
+def test_train_metrics_on_a_subset_are_scored_on_the_first_images_and_recorded(tmp_path):
+    cfg = tiny(tmp_path, runs=4, train_metric_images=100)
+    harvest(cfg)
+    zoo = Zoo(cfg.out)
+    task = get_task("digits-mlp")
+    theta = torch.from_numpy(zoo.params(1))
+    subset = task.evaluate(theta, splits=("train",), train_examples=100)
+    whole = task.evaluate(theta, splits=("train", "val"))
+    np.testing.assert_allclose(zoo.metrics["train_loss"][1], subset["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(zoo.metrics["val_loss"][1], whole["val_loss"], rtol=1e-5)
+    assert not np.allclose(subset["train_loss"], whole["train_loss"])
+    with h5py.File(cfg.out) as f:
+        assert json.loads(f.attrs["harvest_config"])["train_metric_images"] == 100
+    with pytest.raises(GptParamsError, match="--train-metric-images must be a positive integer, got 0"):
+        tiny(tmp_path, train_metric_images=0)
+
+
+def test_harvest_device_errors_are_one_line_and_touch_nothing(tmp_path):
+    if not torch.cuda.is_available():
+        with pytest.raises(GptParamsError, match="CUDA is not available"):
+            harvest(tiny(tmp_path, device="cuda"))
+    with pytest.raises(GptParamsError, match="cartpole harvests on cpu only"):
+        harvest(tiny(tmp_path, task="cartpole", preset="ppo", device="cuda"))
+    assert not (tmp_path / "z.h5").exists()
+
+
+@pytest.mark.gpu
+def test_cnn_cohort_on_cuda_matches_the_cpu(tmp_path):
+    cpu = get_task("mnist-cnn").train_cohort(
+        tiny(tmp_path, task="mnist-cnn", preset="gpt", epochs=1), 0, np.arange(4)
+    )
+    gpu = get_task("mnist-cnn").train_cohort(
+        tiny(tmp_path, task="mnist-cnn", preset="gpt", epochs=1, device="cuda"), 0, np.arange(4)
+    )
+    np.testing.assert_allclose(gpu.params[:, 0], cpu.params[:, 0])  # the same inits
+    np.testing.assert_allclose(gpu.metrics["val_loss"], cpu.metrics["val_loss"], rtol=0.05, atol=0.02)
+
+
 @pytest.mark.parametrize("preset,optimizer,lr", [("gpt", "sgd", 0.1), ("adam", "adam", 1e-3)])
 def test_fixed_presets_train_every_run_with_one_recipe(tmp_path, preset, optimizer, lr):
     cfg = tiny(tmp_path, preset=preset, runs=4, epochs=4)

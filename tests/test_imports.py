@@ -12,7 +12,7 @@ PACKAGE = Path(gpt_params.__file__).parent
 # its own modules too, without a circle)
 LAYERS = [
     {"errors"},
-    {"config", "layout", "recipes"},
+    {"config", "devices", "layout", "recipes"},
     {"tasks", "normalize", "networks"},
     {"zoo", "tokenizers", "diffusion", "align"},
     {"zoo_reader", "model"},

@@ -219,3 +219,25 @@ def test_export_meta_builds_the_contract_from_the_zoos_metrics():
     assert cart["best_prompt"] == pytest.approx(np.quantile(finals, 0.95))  # higher is better
     with pytest.raises(GptParamsError, match="metric 'test_acc' is not one of task 'digits-mlp'"):
         export_meta(task, "test_acc", finals, every)
+
+
+def test_edge_pooling_equals_pooling_the_projected_edges():
+    """CNN conv2 weights are edges between two channel groups; pooling before the last affine map
+    of ``edge_in`` must equal pooling its outputs (what the encoder computed before)."""
+    from gpt_params.tokenizers import NeuronTokenizer
+
+    task = get_task("mnist-cnn")
+    tok = NeuronTokenizer(task.layout, task.symmetries, width=32)
+    g = torch.Generator().manual_seed(0)
+    start, noisy = (
+        torch.randn(3, task.layout.numel, generator=g),
+        torch.randn(3, task.layout.numel, generator=g),
+    )
+    full = tok.edge_in[0](tok._edge_inputs(0, start, noisy))  # (B, 16, 32, E)
+    units = [
+        tok.embed[k](torch.cat([start[:, tok._unit_index(k)], noisy[:, tok._unit_index(k)]], -1))
+        + tok.layer_emb[k]
+        for k in range(2)
+    ]
+    expected = torch.cat([units[0] + full.mean(2), units[1] + full.mean(1)], 1)
+    torch.testing.assert_close(tok.encode(start, noisy)[:, :48], expected, rtol=1e-4, atol=1e-5)

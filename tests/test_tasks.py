@@ -233,3 +233,23 @@ def test_outputs_are_the_probe_outputs_and_differentiable(name):
     # each network's outputs depend on its own parameters only
     (g0,) = torch.autograd.grad(task.outputs(theta, probes)[0].sum(), theta)
     assert g0[1:].abs().sum() == 0 and g0[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("task_name", ["mnist-cnn", "cifar10-cnn"])
+@pytest.mark.parametrize("chunk", [1024, 40, 1])
+def test_cnn_grouped_convolutions_match_the_vmapped_module(task_name, chunk, monkeypatch):
+    import gpt_params.tasks.supervised as sup
+
+    monkeypatch.setattr(sup, "CPU_CHUNK", chunk)  # 1024: all 5 nets at once; 40: 2 nets per call; 1: one
+    g = torch.Generator().manual_seed(0)
+    c = 1 if task_name == "mnist-cnn" else 3
+    size = 28 if task_name == "mnist-cnn" else 32
+    task = get_task(task_name, data=None)
+    theta = torch.stack([task.flatten(task.build(s)) for s in range(5)])
+    params = task.layout.unflatten(theta)
+    x = torch.randn(20, c, size, size, generator=g)
+    reference = task.functional()(params, x).transpose(1, 2)  # (B, C, N)
+    torch.testing.assert_close(sup.cnn_logits(params, x, shared=True), reference, rtol=1e-4, atol=1e-5)
+    per_net = torch.randn(5, 20, c, size, size, generator=g)
+    reference = torch.stack([task.functional()(params, per_net[b])[b] for b in range(5)]).transpose(1, 2)
+    torch.testing.assert_close(sup.cnn_logits(params, per_net, shared=False), reference, rtol=1e-4, atol=1e-5)

@@ -289,7 +289,11 @@ def main() -> None:
     higher = task.higher_is_better(metric)
     # where training runs end: their final checkpoint, or their best one with --early-stop
     last = best_index(metric_vals, higher) if cfg.early_stop else np.full(len(train_rows), zoo.n_ckpts - 1)
-    zoo_summary = {"path": str(zoo.path), "runs": int(zoo.n_runs), "train_runs": int(len(train_rows))}
+    zoo_summary = {
+        "path": str(zoo.path), "runs": int(zoo.n_runs), "train_runs": int(len(train_rows)),
+        # where the zoo's runs end (all splits), the bar a one-step update is measured against
+        "final_median": {m: float(np.nanmedian(zoo.metrics[m][:, -1])) for m in task.test_metrics if m in zoo.metrics},
+    }  # fmt: skip
     meta = export_meta(
         task, metric, metric_vals[np.arange(len(last)), last], metric_vals,
         zoo={**zoo_summary, "harvest": zoo.harvest_config}, train=asdict(cfg),

@@ -73,6 +73,8 @@ class Task(ABC):
     test_metrics: tuple[str, ...] = ()  # metrics on data no model conditions on (reported by the CLI)
     return_scale: float = 1.0  # returns are divided by this when normalised (the task's best return)
     may_be_nan: tuple[str, ...] = ()  # metrics a healthy checkpoint may lack (NaN); others mark divergence
+    harvest_devices: tuple[str, ...] = ("cpu",)  # device types ``gpt-params harvest --device`` accepts
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None  # ``harvest --augment``
 
     @abstractmethod
     def build(self, seed: int) -> nn.Module:

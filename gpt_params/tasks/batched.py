@@ -42,7 +42,9 @@ def train_cohort(
     recipes = [run_recipe(cfg.preset, np.random.default_rng([cfg.seed, 0xA1, int(r)])) for r in run_ids]
     seeds = [run_seed(cfg.seed, int(r)) for r in run_ids]
 
-    x, y = task.data.x["train"], task.data.y["train"]
+    device = torch.device(cfg.device)
+    data = task.data_on(device)
+    x, y = data.x["train"], data.y["train"]
     n_train = len(y)
     batch = min(shape.batch_size, n_train)
     per_epoch = n_train // batch
@@ -60,7 +62,10 @@ def train_cohort(
     inverse = np.argsort(order)
     nets = [list(task.build(s).parameters()) for s in seeds]
     leaves = [
-        [torch.stack([nets[i][j].detach() for i in members]).requires_grad_(True) for j in range(len(names))]
+        [
+            torch.stack([nets[i][j].detach() for i in members]).to(device).requires_grad_(True)
+            for j in range(len(names))
+        ]
         for members in by_recipe.values()
     ]  # group -> tensor -> (n_g, *shape)
     group_recipes = list(by_recipe)
@@ -85,26 +90,25 @@ def train_cohort(
     def record(k: int) -> None:
         with torch.no_grad():
             theta = torch.cat([t.reshape(R, -1) for t in stacked().values()], 1)[inverse]  # (R, D), run order
-        params[:, k] = theta.numpy()
-        for m, v in task.evaluate(theta).items():
+        params[:, k] = theta.cpu().numpy()
+        for m, v in task.evaluate(theta, train_examples=cfg.train_metric_images).items():
             metrics[m][:, k] = v
 
     gen = torch.Generator().manual_seed(
         int(np.random.SeedSequence([cfg.seed, 0xD47A, cohort_id]).generate_state(1)[0])
     )
-    xb = torch.empty(
-        R * batch, *x.shape[1:]
-    )  # reused: a fresh minibatch tensor per step costs more than the matmuls
+    # reused: a fresh minibatch tensor per step costs more than the matmuls
+    xb = torch.empty(R * batch, *x.shape[1:], device=device)
     record(0)
     next_k, step = 1, 0
     for _ in range(epochs):
-        shuffles = torch.argsort(torch.rand(R, n_train, generator=gen), dim=1)[
-            order
-        ]  # (R, N): each run's own order
+        # (R, N): each run's own order, drawn on the CPU (the same runs on every device)
+        shuffles = torch.argsort(torch.rand(R, n_train, generator=gen), dim=1)[order].to(device)
         for b in range(per_epoch):
             idx = shuffles[:, b * batch : (b + 1) * batch].reshape(-1)  # (R * B,)
             torch.index_select(x, 0, idx, out=xb)
-            logits = task.logits(stacked(), xb.view(R, batch, *x.shape[1:]), shared=False)  # (R, C, B)
+            xs = task.augment(xb, gen) if cfg.augment else xb  # (R * B, ...)
+            logits = task.logits(stacked(), xs.view(R, batch, *x.shape[1:]), shared=False)  # (R, C, B)
             loss = F.cross_entropy(logits, y[idx].view(R, batch), reduction="sum") / batch
             for optimizer, _ in optimizers:
                 optimizer.zero_grad(set_to_none=True)

@@ -66,6 +66,63 @@ class CNN(nn.Module):
         return self.fc(h.mean(dim=(2, 3)))
 
 
+CPU_CHUNK = 1024  # net-images per grouped convolution on a CPU: a working set that stays in cache
+
+
+def cnn_logits(params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -> torch.Tensor:
+    """Logits ``(B, C, N)`` of B :class:`CNN` nets as grouped convolutions (net b is group b).
+
+    ``x`` is ``(N, c, H, W)`` shared by all nets or ``(B, N, c, H, W)``. On a CPU the nets go through
+    in chunks of about ``CPU_CHUNK`` net-images: measured on 2 cores, 64 nets x 128 images train 2.5x
+    faster in chunks of 4 nets than as one call (their activations stay in cache); a GPU takes all at once.
+    """
+    nets = params["fc.bias"].shape[0]
+    n = x.shape[0] if shared else x.shape[1]
+    chunk = max(1, CPU_CHUNK // n) if x.device.type == "cpu" else nets
+    if chunk < nets:
+        parts = [
+            _cnn_logits(
+                {k: v[a : a + chunk] for k, v in params.items()}, x if shared else x[a : a + chunk], shared
+            )
+            for a in range(0, nets, chunk)
+        ]
+        return torch.cat(parts)
+    return _cnn_logits(params, x, shared)
+
+
+def _cnn_logits(params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -> torch.Tensor:
+    w1, w2 = params["conv1.weight"], params["conv2.weight"]  # (B, 16, c, 3, 3), (B, 32, 16, 3, 3)
+    b = w1.shape[0]
+    if shared:  # one ungrouped convolution with B * 16 output channels
+        h = F.conv2d(x, w1.reshape(b * w1.shape[1], *w1.shape[2:]), stride=2)  # (N, B*16, H1, W1)
+    else:  # images of net b become input channels of group b
+        n, c = x.shape[1], x.shape[2]
+        xx = x.transpose(0, 1).reshape(n, b * c, *x.shape[3:])  # (N, B*c, H, W)
+        h = F.conv2d(xx, w1.reshape(b * w1.shape[1], *w1.shape[2:]), stride=2, groups=b)
+    h = F.conv2d(h.relu(), w2.reshape(b * w2.shape[1], *w2.shape[2:]), groups=b).relu()  # (N, B*32, H2, W2)
+    feat = h.mean((2, 3)).view(-1, b, w2.shape[1]).permute(1, 2, 0)  # (B, 32, N)
+    return torch.baddbmm(params["fc.bias"][:, :, None], params["fc.weight"], feat)  # (B, C, N)
+
+
+def flip_crop(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """G.pt's CIFAR-10 augmentation of a batch ``(N, c, H, W)``: each image flipped left-right with
+    probability 1/2, then cropped back to ``H x W`` from its 4-pixel zero padding at a uniform offset."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5  # (N,)
+    dy, dx = torch.randint(0, 9, (2, n), generator=gen)  # (N,) each: offsets into the padded image
+    flip, dy, dx = flip.to(x.device), dy.to(x.device), dx.to(x.device)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    padded = F.pad(x, (4, 4, 4, 4))  # (N, c, H+8, W+8)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
+    return padded[
+        torch.arange(n, device=x.device)[:, None, None, None],
+        torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+        rows,
+        cols,
+    ]
+
+
 class SupervisedTask(Task):
     """A classifier trained with cross-entropy; metrics are loss and error on each split."""
 
@@ -74,6 +131,7 @@ class SupervisedTask(Task):
     harvest_presets = SUPERVISED_PRESETS
     harvest_unit = "step"
     test_metrics = ("test_loss", "test_error")
+    harvest_devices = ("cpu", "cuda", "mps")
 
     def __init__(
         self,
@@ -84,6 +142,8 @@ class SupervisedTask(Task):
         activations_per_example: int,
         data: Splits | None = None,
         fast_logits: Callable[[dict[str, torch.Tensor], torch.Tensor, bool], torch.Tensor] | None = None,
+        eval_chunk: int = 4096,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ) -> None:
         self.name = name
         self._factory = factory
@@ -91,6 +151,8 @@ class SupervisedTask(Task):
         self._data_loader = data_loader
         self._activations = activations_per_example
         self._fast_logits = fast_logits
+        self.eval_chunk = eval_chunk  # examples per evaluation call
+        self.augment = augment  # training-image augmentation ``gpt-params harvest --augment`` applies
         if data is not None:
             self.__dict__["data"] = data  # injected data (tests, custom sources) replaces the loader
 
@@ -174,18 +236,37 @@ class SupervisedTask(Task):
     def outputs(self, theta: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
         return self.logits(self.layout.unflatten(theta), probes, shared=True).transpose(1, 2)  # (B, S, C)
 
+    def data_on(self, device: torch.device | str) -> Splits:
+        """The splits on ``device`` (copied there once, then kept)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.data
+        cache = self.__dict__.setdefault("_data_by_device", {})
+        if device not in cache:
+            d = self.data
+            cache[device] = Splits(
+                {k: v.to(device) for k, v in d.x.items()}, {k: v.to(device) for k, v in d.y.items()}
+            )
+        return cache[device]
+
     @torch.no_grad()
-    def evaluate(self, theta: torch.Tensor, splits: tuple[str, ...] = SPLITS) -> dict[str, np.ndarray]:
-        """Mean cross-entropy and error rate of each net in ``theta`` ``(B, D)`` on whole splits."""
+    def evaluate(
+        self, theta: torch.Tensor, splits: tuple[str, ...] = SPLITS, train_examples: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Mean cross-entropy and error rate of each net in ``theta`` ``(B, D)`` on whole splits (the
+        train split's first ``train_examples`` only, if given), computed on ``theta``'s device."""
         self.layout.check_vector(theta)
         theta = theta.reshape(-1, self.layout.numel).float()
+        data = self.data_on(theta.device)
         out: dict[str, np.ndarray] = {}
         for split in splits:
-            x, y = self.data.x[split], self.data.y[split]
-            n_chunk = min(len(y), 4096)
+            x, y = data.x[split], data.y[split]
+            if split == "train" and train_examples is not None:
+                x, y = x[:train_examples], y[:train_examples]
+            n_chunk = min(len(y), self.eval_chunk)
             b_chunk = max(1, EVAL_BUDGET // (n_chunk * self._activations))
-            loss_sum = torch.zeros(len(theta))
-            wrong = torch.zeros(len(theta))
+            loss_sum = torch.zeros(len(theta), device=theta.device)
+            wrong = torch.zeros(len(theta), device=theta.device)
             for b0 in range(0, len(theta), b_chunk):
                 params = self.layout.unflatten(theta[b0 : b0 + b_chunk])  # name -> (b, *shape)
                 for n0 in range(0, len(y), n_chunk):
@@ -194,8 +275,8 @@ class SupervisedTask(Task):
                     loss_sum[b0 : b0 + b_chunk] += F.cross_entropy(logits, yy, reduction="none").sum(1)
                     # max(1).indices is argmax(1) (first maximum on ties) without its slow strided path
                     wrong[b0 : b0 + b_chunk] += (logits.max(1).indices != yy).sum(1)
-            out[f"{split}_loss"] = (loss_sum / len(y)).numpy()
-            out[f"{split}_error"] = (wrong / len(y)).numpy()
+            out[f"{split}_loss"] = (loss_sum / len(y)).cpu().numpy()
+            out[f"{split}_error"] = (wrong / len(y)).cpu().numpy()
         return out
 
     def evaluate_only(self, theta: torch.Tensor, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -245,6 +326,8 @@ def make_mnist_cnn(
         (lambda: d.mnist_torchvision(data_dir, download)) if data_dir else d.mnist5k,
         activations_per_example=2 * (16 * 13 * 13 + 32 * 11 * 11),
         data=data,
+        fast_logits=cnn_logits,
+        eval_chunk=256,  # 1.7x faster than 4,096 on 2 cores (activations stay in cache)
     )
 
 
@@ -257,9 +340,10 @@ def make_cifar10_cnn(
     def load() -> Splits:
         if data_dir is None:
             raise DataError(
-                "cifar10-cnn needs --data-dir pointing at torchvision's CIFAR-10 files (none ship offline)"
+                "cifar10-cnn needs --data-dir: torchvision's CIFAR-10 files or an ImageFolder tree of its images "
+                "(none ship with the package)"
             )
-        return d.cifar10_torchvision(data_dir, download)
+        return d.cifar10(data_dir, download)
 
     return SupervisedTask(
         "cifar10-cnn",
@@ -268,6 +352,9 @@ def make_cifar10_cnn(
         load,
         activations_per_example=2 * (16 * 15 * 15 + 32 * 13 * 13),
         data=data,
+        fast_logits=cnn_logits,
+        eval_chunk=256,  # 1.7x faster than 4,096 on 2 cores (activations stay in cache)
+        augment=flip_crop,
     )
 
 
