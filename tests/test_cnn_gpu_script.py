@@ -21,7 +21,16 @@ def test_cnn_gpu_script_runs_both_tasks_end_to_end_on_cpu(tmp_path):
     cifar = tmp_path / "cifar"
     cifar.mkdir()
     subprocess.run(
-        ["tar", "-xzf", str(ARCHIVE), "-C", str(cifar), "--wildcards", "train/*/00[0-1]?.jpg", "test/*/000?.jpg"],
+        [
+            "tar",
+            "-xzf",
+            str(ARCHIVE),
+            "-C",
+            str(cifar),
+            "--wildcards",
+            "train/*/00[0-1]?.jpg",
+            "test/*/000?.jpg",
+        ],
         check=True,
     )
     env = {
@@ -32,7 +41,11 @@ def test_cnn_gpu_script_runs_both_tasks_end_to_end_on_cpu(tmp_path):
         "GPT_PARAMS_CACHE": str(tmp_path / "cache"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }  # fmt: skip
     res = subprocess.run(
-        ["bash", str(repo_root() / "benchmarks" / "cnn_gpu.sh")], env=env, capture_output=True, text=True, cwd=tmp_path
+        ["bash", str(repo_root() / "benchmarks" / "cnn_gpu.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
