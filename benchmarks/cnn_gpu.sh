@@ -7,17 +7,18 @@
 #
 #   GPUS=8 MINUTES=60 bash benchmarks/cnn_gpu.sh                       # the full recipes
 #   CIFAR_DIR=/data/cifar10 GPUS=1 bash benchmarks/cnn_gpu.sh          # torchvision files or JPEG tree
-#   DEVICE=cpu GPUS=1 RUNS=4 MNIST_EPOCHS=1 CIFAR_EPOCHS=1 CKPTS=3 PRESET=tiny MINUTES=0.05 \
-#     NETS=2 ADAM_STEPS=20 bash benchmarks/cnn_gpu.sh                  # a CPU smoke run
+#   DEVICE=cpu RUNS=8 MNIST_EPOCHS=1 CIFAR_EPOCHS=1 CKPTS=3 PRESET=tiny MINUTES=0.05 NETS=1 \
+#     ADAM_STEPS=20 bash benchmarks/cnn_gpu.sh                         # a CPU smoke run (minutes)
 #
 # CIFAR_DIR defaults to ../shared/datasets/cifar10-jpeg.tar.gz extracted once into data/cifar10-jpeg.
 set -euo pipefail
+cd "$(dirname "$0")/.."  # repository root: train/ and eval/ scripts by relative path
 GPUS=${GPUS:-1}; DEVICE=${DEVICE:-cuda}; RUNS=${RUNS:-1000}; CKPTS=${CKPTS:-24}
 MNIST_EPOCHS=${MNIST_EPOCHS:-25}; CIFAR_EPOCHS=${CIFAR_EPOCHS:-50}
 PRESET=${PRESET:-base}; MINUTES=${MINUTES:-60}; NETS=${NETS:-32}; ADAM_STEPS=${ADAM_STEPS:-3000}
 OUT=${OUT:-runs/cnn-gpu}; DATA=${DATA:-data}; PY=${PYTHON:-python3}
 ACCELERATE=${ACCELERATE:-accelerate}
-ARCHIVE=$(dirname "$0")/../../shared/datasets/cifar10-jpeg.tar.gz
+ARCHIVE=../shared/datasets/cifar10-jpeg.tar.gz
 if [[ -z ${CIFAR_DIR:-} ]]; then
   CIFAR_DIR=$DATA/cifar10-jpeg
   if [[ ! -d $CIFAR_DIR/train ]]; then
@@ -33,6 +34,10 @@ launch() {  # one process per GPU; plain python for one
     $PY "$@"
   fi
 }
+logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
+  local log=$1; shift
+  "$@" > "$log" 2>&1 || { echo "cnn_gpu.sh: failed: $*" >&2; tail -n 3 "$log" >&2; exit 1; }
+}
 mkdir -p "$OUT" "$DATA"
 SECONDS=0
 declare -A ZOOS=([mnist-cnn]="$DATA/mnist-cnn-gpt-e$MNIST_EPOCHS.h5" [cifar10-cnn]="$DATA/cifar10-cnn-gpt-e$CIFAR_EPOCHS.h5")
@@ -40,25 +45,24 @@ declare -A FLAGS=([mnist-cnn]="--epochs $MNIST_EPOCHS" [cifar10-cnn]="--epochs $
 for task in mnist-cnn cifar10-cnn; do
   zoo=${ZOOS[$task]}
   # shellcheck disable=SC2086
-  launch -m gpt_params.cli harvest --task "$task" --preset gpt --runs "$RUNS" --ckpts-per-run "$CKPTS" \
-    --cohort-size $((RUNS < 256 ? RUNS : 256)) --device "$DEVICE" ${FLAGS[$task]} --out "$zoo" \
-    > "$OUT/harvest-$task.log" 2>&1
+  logged "$OUT/harvest-$task.log" launch -m gpt_params.cli harvest --task "$task" --preset gpt --runs "$RUNS" \
+    --ckpts-per-run "$CKPTS" --cohort-size $((RUNS < 256 ? RUNS : 256)) --device "$DEVICE" ${FLAGS[$task]} --out "$zoo"
   if ((GPUS > 1)); then
     $PY -m gpt_params.cli zoo merge "${zoo%.h5}".shard*of"$GPUS".h5 --out "$zoo" --virtual
   fi
   echo "harvest $task: ${SECONDS}s"
 done
 for task in mnist-cnn cifar10-cnn; do
-  launch train/diffuse.py --zoo "${ZOOS[$task]}" --out "$OUT/$task-$PRESET" --preset "$PRESET" \
-    --max-minutes "$MINUTES" --max-steps 1000000 --lr 1e-3 --init-frac 0.5 --warmup-steps 300 \
-    --eval-every 0 --save-every 1000 > "$OUT/train-$task.log" 2>&1
+  logged "$OUT/train-$task.log" launch train/diffuse.py --zoo "${ZOOS[$task]}" --out "$OUT/$task-$PRESET" \
+    --preset "$PRESET" --max-minutes "$MINUTES" --max-steps 1000000 --lr 1e-3 --init-frac 0.5 --warmup-steps 300 \
+    --eval-every 0 --save-every 1000
   echo "train $task: ${SECONDS}s"
 done
 for task in mnist-cnn cifar10-cnn; do
   opts=(--model "$OUT/$task-$PRESET" --zoo "${ZOOS[$task]}" --nets "$NETS")  # data: the zoo's --data-dir
-  $PY eval/prompting.py "${opts[@]}" --samplers ddim:5 --device "$DEVICE" > "$OUT/prompting-$task.log" 2>&1
-  $PY eval/vs_gradient.py "${opts[@]}" --adam-lrs 1e-3 3e-3 --max-steps "$ADAM_STEPS" \
-    > "$OUT/vs-gradient-$task.log" 2>&1
+  logged "$OUT/prompting-$task.log" $PY eval/prompting.py "${opts[@]}" --samplers ddim:5 --device "$DEVICE"
+  logged "$OUT/vs-gradient-$task.log" $PY eval/vs_gradient.py "${opts[@]}" --adam-lrs 1e-3 3e-3 \
+    --max-steps "$ADAM_STEPS"
 done
 echo "eval: ${SECONDS}s"
 $PY - "$OUT" "$PRESET" <<'PYEOF'

@@ -35,7 +35,7 @@ def test_cnn_gpu_script_runs_both_tasks_end_to_end_on_cpu(tmp_path):
     )
     env = {
         **os.environ,
-        "DEVICE": "cpu", "GPUS": "1", "RUNS": "8", "MNIST_EPOCHS": "1", "CIFAR_EPOCHS": "1", "CKPTS": "3",
+        "DEVICE": "cpu", "GPUS": "1", "RUNS": "8", "MNIST_EPOCHS": "1", "CIFAR_EPOCHS": "2", "CKPTS": "3",
         "PRESET": "tiny", "MINUTES": "0.05", "NETS": "1", "ADAM_STEPS": "20", "CIFAR_DIR": str(cifar),
         "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "PYTHON": sys.executable,
         "GPT_PARAMS_CACHE": str(tmp_path / "cache"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -54,7 +54,7 @@ def test_cnn_gpu_script_runs_both_tasks_end_to_end_on_cpu(tmp_path):
         assert summary[task]["prompting"]["results"] and summary[task]["vs_gradient"]["gpt"]
     harvest_cfg = json.loads(
         subprocess.run(
-            [shutil.which("gpt-params") or "gpt-params", "zoo", "info", str(tmp_path / "data" / "cifar10-cnn-gpt-e1.h5"), "--json"],
+            [shutil.which("gpt-params") or "gpt-params", "zoo", "info", str(tmp_path / "data" / "cifar10-cnn-gpt-e2.h5"), "--json"],
             capture_output=True, text=True, env=env, check=True,
         ).stdout
     )["harvest_config"]  # fmt: skip
