@@ -1,5 +1,6 @@
 import os
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,17 @@ def run_script(path, *args):
     finally:
         sys.argv = argv
     return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+CIFAR_ARCHIVE = repo_root().parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def cifar_jpegs(root: Path, train_glob: str, test_glob: str) -> Path:
+    """``root`` holding the real CIFAR-10 JPEGs matching ``train/*/<train_glob>`` and ``test/*/<test_glob>``,
+    extracted from the archive beside the checkout; skips the test where the archive is absent."""
+    if not CIFAR_ARCHIVE.is_file():
+        pytest.skip(f"{CIFAR_ARCHIVE} is not on this machine")
+    root.mkdir()
+    cmd = ["tar", "-xzf", str(CIFAR_ARCHIVE), "-C", str(root), "--wildcards"]
+    subprocess.run([*cmd, f"train/*/{train_glob}", f"test/*/{test_glob}"], check=True)
+    return root

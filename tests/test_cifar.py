@@ -2,7 +2,6 @@
 torchvision's files (a synthetic fixture), the decode cache, and one-line errors for bad trees."""
 
 import pickle
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,8 @@ from gpt_params.errors import DataError
 from gpt_params.tasks import data as d
 from gpt_params.tasks import get_task
 
-ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+from .conftest import cifar_jpegs
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -26,24 +26,7 @@ def private_cache(tmp_path, monkeypatch):
 @pytest.fixture
 def jpeg_tree(tmp_path) -> Path:
     """10 train and 5 test images per class, extracted from the real archive."""
-    if not ARCHIVE.is_file():
-        pytest.skip(f"{ARCHIVE} is not on this machine")
-    root = tmp_path / "cifar-jpeg"
-    root.mkdir()
-    subprocess.run(
-        [
-            "tar",
-            "-xzf",
-            str(ARCHIVE),
-            "-C",
-            str(root),
-            "--wildcards",
-            "train/*/000?.jpg",
-            "test/*/000[0-4].jpg",
-        ],
-        check=True,
-    )
-    return root
+    return cifar_jpegs(tmp_path / "cifar-jpeg", "000?.jpg", "000[0-4].jpg")
 
 
 def test_image_folder_loads_real_jpegs_with_cifar_splits_and_labels(jpeg_tree):

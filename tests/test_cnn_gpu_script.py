@@ -9,30 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import repo_root
-
-ARCHIVE = repo_root().parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+from .conftest import cifar_jpegs, repo_root
 
 
 @pytest.mark.slow
 def test_cnn_gpu_script_runs_both_tasks_end_to_end_on_cpu(tmp_path):
-    if not ARCHIVE.is_file():
-        pytest.skip(f"{ARCHIVE} is not on this machine")
-    cifar = tmp_path / "cifar"
-    cifar.mkdir()
-    subprocess.run(
-        [
-            "tar",
-            "-xzf",
-            str(ARCHIVE),
-            "-C",
-            str(cifar),
-            "--wildcards",
-            "train/*/00[0-1]?.jpg",
-            "test/*/000?.jpg",
-        ],
-        check=True,
-    )
+    cifar = cifar_jpegs(tmp_path / "cifar", "00[0-1]?.jpg", "000?.jpg")
     env = {
         **os.environ,
         "DEVICE": "cpu", "GPUS": "1", "RUNS": "8", "MNIST_EPOCHS": "1", "CIFAR_EPOCHS": "2", "CKPTS": "3",
