@@ -46,7 +46,7 @@ def main() -> None:
         rows = zoo.unseen_runs(a.nets, a.split)
         opts = {m: LearnedOptimizer.from_pretrained(m) for m in a.model}
         for opt in opts.values():
-            zoo.require_task(opt.task.name)
+            zoo.require_task(opt.task)
     except GptParamsError as e:
         raise fail(str(e)) from None
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)

@@ -33,7 +33,7 @@ def main() -> None:
     try:
         opt = LearnedOptimizer.from_pretrained(a.model)
         zoo = Zoo(a.zoo)
-        zoo.require_task(opt.task.name)
+        zoo.require_task(opt.task)
         rows = zoo.first_runs(a.nets, "train")
     except GptParamsError as e:
         raise fail(str(e)) from None

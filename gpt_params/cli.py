@@ -66,8 +66,7 @@ def cmd_harvest(args: argparse.Namespace) -> int:
     cfg = from_args(
         HarvestConfig, args, shard_index=index, num_shards=count, out=shard_path(args.out, index, count)
     )
-    options = {"data_dir": cfg.data_dir, "download": args.download} if cfg.data_dir else {}
-    task = get_task(cfg.task, **options)
+    task = get_task(cfg.task, **cfg.task_options(), **({"download": args.download} if cfg.data_dir else {}))
     task.check_data()  # load (and validate) the data before any file is touched
     n_mine = sum(
         len(cohort_runs(cfg, c))
@@ -198,7 +197,8 @@ def cmd_zoo_relabel(args: argparse.Namespace) -> int:
 
     attrs = read_attrs(args.file)
     data_dir = json.loads(attrs["harvest_config"]).get("data_dir")
-    task = get_task(attrs["task"], **({"data_dir": data_dir} if data_dir else {}))
+    options = json.loads(attrs.get("task_options", "{}"))
+    task = get_task(attrs["task"], **options, **({"data_dir": data_dir} if data_dir else {}))
     bars: list[tqdm] = []  # opened at the first part, so input errors print alone
 
     def on_part(done: int, total: int) -> None:

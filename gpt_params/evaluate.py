@@ -160,7 +160,7 @@ def load_unseen(
     opt = LearnedOptimizer.from_pretrained(
         model, device=device, **({"data_dir": data_dir} if data_dir else {})
     )
-    zoo.require_task(opt.task.name)
+    zoo.require_task(opt.task)
     rows = zoo.unseen_runs(nets, split)  # a ZooError for an empty split or nets < 1
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
     return opt, zoo, rows, theta0

@@ -50,6 +50,7 @@ def export_meta(
     higher = task.higher_is_better(metric)
     return {
         "task": task.name,
+        **({"task_options": task.options} if task.options else {}),
         "layout": task.layout.to_json(),
         "metric": metric,
         "metric_range": [float(all_metric[finite].min()), float(all_metric[finite].max())],
@@ -138,6 +139,12 @@ def _load_module(module: torch.nn.Module, prefix: str, tensors: dict, weights: P
         )
 
 
+def export_task(meta: dict, **options) -> Task:
+    """The task (family member) an export's ``meta`` was trained for; ``options`` (``data_dir``, ...) go
+    to :func:`~gpt_params.tasks.get_task` with it."""
+    return get_task(meta["task"], **meta.get("task_options", {}), **options)
+
+
 def load_export(path: str | Path, device: str | torch.device | None = None) -> Exported:
     """Load an export directory; raises :class:`GptParamsError` naming what is missing or wrong."""
     path = Path(path)
@@ -163,7 +170,7 @@ def load_export(path: str | Path, device: str | torch.device | None = None) -> E
         tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     except Exception as e:  # safetensors raises its own error types for corrupt headers/data
         raise GptParamsError(f"{str(weights)!r} is not a readable safetensors file ({e})") from None
-    task = get_task(meta["task"])
+    task = export_task(meta)
     layout = ParamLayout.from_json(meta["layout"])
     if layout != task.layout:
         raise GptParamsError(

@@ -61,6 +61,11 @@ class HarvestConfig:
         "supervised: score train_loss / train_error on the first N images of the train split "
         "(default: all of it; a subset keeps checkpoint scoring cheap on large datasets)",
     )
+    hidden: str | None = opt(
+        None,
+        "MLP families (mnist-mlp, digits-mlp): the member to harvest, its hidden widths as 32 or 64,32 "
+        "(default: the family's default member)",
+    )
     val_frac: float = opt(0.1, "fraction of runs assigned to the val split")
     test_frac: float = opt(0.1, "fraction of runs assigned to the test split")
     shard_index: int = opt(0, "this process's shard (multi-process harvests)")
@@ -96,12 +101,24 @@ class HarvestConfig:
                 f"val/test fractions {self.val_frac}/{self.test_frac} must be >= 0 and sum below 1"
             )
 
+    def task_options(self) -> dict:
+        """What :func:`~gpt_params.tasks.get_task` takes to build this harvest's task (data and member)."""
+        options: dict = {"data_dir": self.data_dir} if self.data_dir else {}
+        if self.hidden is not None:
+            try:
+                options["hidden"] = tuple(int(w) for w in self.hidden.split(","))
+            except ValueError:
+                raise GptParamsError(
+                    f"--hidden {self.hidden!r}: expected hidden widths separated by commas, e.g. 32 or 64,32"
+                ) from None
+        return options
+
     def stored(self) -> dict:
         d = asdict(self)
         d.pop("out")
         d.pop("workers")
         d.pop("device")
-        for name in ("train_metric_images", "augment"):  # zoos harvested before these existed stay resumable
+        for name in ("train_metric_images", "augment", "hidden"):  # older zoos stay resumable
             if not d[name]:
                 d.pop(name)
         if d["spacing"] == "log":  # zoos harvested before --spacing existed stay resumable
@@ -187,7 +204,7 @@ def harvest(
     ``on_cohort(runs_in_cohort, cohort_id)`` is called after each commit (skipped cohorts included,
     before any training); ``on_step(done, total)`` during a cohort's training (``task.harvest_unit``).
     """
-    task = task or get_task(cfg.task, **({"data_dir": cfg.data_dir} if cfg.data_dir else {}))
+    task = task or get_task(cfg.task, **cfg.task_options())
     if cfg.preset not in task.harvest_presets:
         raise GptParamsError(
             f"--preset {cfg.preset!r} is not a {task.name} preset; expected one of {task.harvest_presets}"
@@ -199,7 +216,8 @@ def harvest(
     if cfg.augment and task.augment is None:
         raise GptParamsError(f"--augment: {task.name} defines no augmentation of its training data")
     cfg = replace(cfg, device=str(process_device(cfg.device)))
-    writer = ZooWriter(cfg.out, zoo_attrs(task.name, task.layout, task.metric_names, cfg.stored()))
+    attrs = zoo_attrs(task.name, task.layout, task.metric_names, cfg.stored(), task.options)
+    writer = ZooWriter(cfg.out, attrs)
     n_cohorts = -(-cfg.runs // cfg.cohort_size)
     mine = [c for c in range(n_cohorts) if c % cfg.num_shards == cfg.shard_index]
     done = writer.done_cohorts()

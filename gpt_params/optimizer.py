@@ -27,9 +27,8 @@ from gpt_params.critic import NO_CRITIC
 from gpt_params.devices import resolve_device
 from gpt_params.diffusion import SAMPLERS, sample
 from gpt_params.errors import GptParamsError
-from gpt_params.export import COMBINE, Exported, load_export
+from gpt_params.export import COMBINE, Exported, export_task, load_export
 from gpt_params.networks import as_batch
-from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -66,7 +65,7 @@ class LearnedOptimizer:
 
     def __init__(self, exported: Exported, task: Task | None = None) -> None:
         self.exported = exported
-        self.task = task if task is not None else get_task(exported.meta["task"])
+        self.task = task if task is not None else export_task(exported.meta)
         self.metric_name: str = exported.meta["metric"]  # e.g. "val_loss" or "return_mean"
         self.metric: str = self.task.metric_kind(self.metric_name)  # "loss", "error" or "return"
         self.higher_is_better: bool = self.task.higher_is_better(self.metric_name)
@@ -103,7 +102,7 @@ class LearnedOptimizer:
                     f"(shipped: {shipped})"
                 )
         exported = load_export(path, device=dev)
-        task = get_task(exported.meta["task"], **task_options) if task_options else None
+        task = export_task(exported.meta, **task_options) if task_options else None
         return cls(exported, task)
 
     @property

@@ -95,9 +95,17 @@ def _write_cohort(f: h5py.File, c: Cohort, attrs: dict) -> None:
     d.create_dataset("record", data=np.array([json.dumps(r) for r in c.diverged], dtype=object), dtype=_STR)
 
 
-def zoo_attrs(task: str, layout: ParamLayout, metric_names: Sequence[str], harvest_config: dict) -> dict:
-    """The root attributes every zoo file carries."""
+def zoo_attrs(
+    task: str,
+    layout: ParamLayout,
+    metric_names: Sequence[str],
+    harvest_config: dict,
+    task_options: dict | None = None,
+) -> dict:
+    """The root attributes every zoo file carries; ``task_options`` (``Task.options``: which member of
+    an architecture family the zoo holds) only where it is not the family's default."""
     return {
+        **({"task_options": json.dumps(task_options, sort_keys=True)} if task_options else {}),
         "schema_version": SCHEMA_VERSION,
         "task": task,
         "layout": layout.to_json(),
@@ -344,11 +352,11 @@ def read_attrs(path: str | Path) -> dict:
 def check_compatible(path: Path, attrs: dict, ignore: Iterable[str] = ()) -> None:
     """Raise unless the zoo at ``path`` has the same schema, task, layout and harvest config."""
     have = read_attrs(path)
-    for key in ("task", "layout", "metric_names"):
-        if have.get(key) != attrs[key]:
+    for key in ("task", "task_options", "layout", "metric_names"):
+        if have.get(key) != attrs.get(key):
             hint = " or `gpt-params zoo relabel` it to add newer metrics" if key == "metric_names" else ""
             raise ZooError(
-                f"{str(path)!r} holds {key} {have.get(key)!r}, expected {attrs[key]!r}; use another --out{hint}"
+                f"{str(path)!r} holds {key} {have.get(key)!r}, expected {attrs.get(key)!r}; use another --out{hint}"
             )
     a, b = json.loads(have["harvest_config"]), json.loads(attrs["harvest_config"])
     for key in ignore:

@@ -13,6 +13,8 @@ import numpy as np
 
 from gpt_params.errors import ZooError
 from gpt_params.layout import ParamLayout
+from gpt_params.tasks import get_task
+from gpt_params.tasks.base import Task, task_label
 from gpt_params.zoo import SPLIT_NAMES, read_attrs
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
@@ -29,6 +31,7 @@ class Zoo:
         self.path = Path(path)
         attrs = read_attrs(self.path)
         self.task: str = attrs["task"]
+        self.task_options: dict = json.loads(attrs.get("task_options", "{}"))  # the family member held
         self.layout = ParamLayout.from_json(attrs["layout"])
         self.metric_names: tuple[str, ...] = tuple(json.loads(attrs["metric_names"]))
         self.harvest_config: dict = json.loads(attrs["harvest_config"])
@@ -79,10 +82,20 @@ class Zoo:
             raise ZooError(f"unseen runs come from the 'test' or 'val' split, not {split!r}")
         return self.first_runs(n, split)
 
-    def require_task(self, task: str) -> None:
+    def require_task(self, task: Task) -> None:
         """A :class:`ZooError` unless this zoo holds networks of ``task`` (e.g. the task of a model)."""
-        if self.task != task:
-            raise ZooError(f"zoo {str(self.path)!r} is a {self.task!r} zoo; the model is for {task!r}")
+        if self.task != task.name or self.task_options != task.options:
+            raise ZooError(f"zoo {str(self.path)!r} is a {self.label!r} zoo; the model is for {task.label!r}")
+
+    @property
+    def label(self) -> str:
+        return task_label(self.task, self.task_options)
+
+    def make_task(self, data_dir: str | None = None) -> Task:
+        """The task of this zoo's networks (its family member), reading its data from ``data_dir`` or, by
+        default, the directory the zoo was harvested from."""
+        data_dir = data_dir or self.harvest_config.get("data_dir")
+        return get_task(self.task, **self.task_options, **({"data_dir": data_dir} if data_dir else {}))
 
     def _file(self) -> h5py.File:
         if self._handle is None or self._pid != os.getpid():

@@ -357,3 +357,30 @@ def test_relabel_adds_missing_metrics_part_by_part_and_a_killed_one_resumes(tmp_
     assert relabel(cfg.out, names, evaluate) == []  # nothing left to add
     with pytest.raises(ZooError, match="cannot be recomputed"):
         relabel(cfg.out, [*names, "train_only"], evaluate)
+
+
+def test_a_pinned_family_member_is_harvested_recorded_and_rebuilt(tmp_path):
+    cfg = tiny(tmp_path, runs=4, ckpts_per_run=3, epochs=1, hidden="8,4", preset="gpt")
+    harvest(cfg)
+    zoo = Zoo(cfg.out)
+    member = get_task("digits-mlp", hidden=(8, 4))
+    assert zoo.task_options == {"hidden": [8, 4]} and zoo.layout == member.layout
+    assert zoo.params(0).shape == (3, member.layout.numel)
+    assert zoo.make_task().layout == member.layout
+    zoo.require_task(member)
+    with pytest.raises(ZooError, match=r"'digits-mlp hidden=\[8,4\]' zoo; the model is for 'digits-mlp'"):
+        zoo.require_task(get_task("digits-mlp"))
+    with pytest.raises(
+        GptParamsError, match=r"holds task_options .*\[8, 4\].*expected .*\[8, 5\]"
+    ):  # resume: same member
+        harvest(replace(cfg, hidden="8,5"))
+
+
+@pytest.mark.parametrize(
+    "hidden,message",
+    [("8,x", r"--hidden '8,x': expected hidden widths separated by commas"), ("8,8,8", "not a member")],
+)
+def test_bad_members_are_refused_before_any_file_is_written(tmp_path, hidden, message):
+    with pytest.raises(GptParamsError, match=message):
+        harvest(tiny(tmp_path, hidden=hidden))
+    assert not (tmp_path / "z.h5").exists()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gpt_params.errors import LayoutError
+from gpt_params.errors import LayoutError, TaskError
 from gpt_params.layout import ParamLayout, permute, random_perms
 from gpt_params.tasks import TASKS, get_task
 
@@ -86,3 +86,48 @@ def test_layout_rejects_wrong_vectors_and_shapes():
 def test_layout_json_round_trip():
     layout = get_task("mnist-cnn").layout
     assert ParamLayout.from_json(layout.to_json()) == layout
+
+
+MEMBERS = [("mnist-mlp", (4,)), ("mnist-mlp", (32,)), ("mnist-mlp", (24, 12)), ("digits-mlp", (8, 5))]
+
+
+@pytest.mark.parametrize("name,hidden", MEMBERS)
+def test_mlp_family_members_round_trip_and_stay_permutation_invariant(name, hidden):
+    task = get_task(name, hidden=hidden)
+    n_in = 784 if name == "mnist-mlp" else 64
+    widths = (n_in, *hidden, 10)
+    assert task.layout.numel == sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    assert [g.size for g in task.symmetries] == list(hidden)
+    assert task.options == {"hidden": list(hidden)}
+    assert get_task(name, **task.options).layout == task.layout  # the stored options rebuild the member
+    theta = torch.stack([task.flatten(task.build(s)) for s in range(3)])  # (B, D)
+    assert torch.equal(task.flatten(task.to_module(theta[0])), theta[0])
+    permuted = permute(
+        theta, task.layout, task.symmetries, random_perms(task.symmetries, 3, torch.Generator())
+    )
+    x = _inputs(name)
+    for b in range(3):
+        with torch.no_grad():
+            torch.testing.assert_close(task.to_module(theta[b])(x), task.to_module(permuted[b])(x))
+
+
+def test_default_members_keep_their_names_and_layouts():
+    for name, hidden in (("mnist-mlp", 10), ("digits-mlp", 16)):
+        task = get_task(name)
+        assert task.options == {} and task.label == name
+        assert get_task(name, hidden=hidden).layout == task.layout
+        assert get_task(name, hidden=[hidden]).options == {}
+    assert get_task("mnist-mlp", hidden=(64, 32)).label == "mnist-mlp hidden=[64,32]"
+
+
+@pytest.mark.parametrize("hidden", [0, 257, (), (8, 8, 8), (8, 0), 2.5, True])
+def test_non_members_of_an_mlp_family_are_refused_by_name(hidden):
+    with pytest.raises(
+        TaskError, match=r"hidden=.* is not a member of the mnist-mlp family; expected one or two"
+    ):
+        get_task("mnist-mlp", hidden=hidden)
+
+
+def test_fixed_architectures_take_no_member_options():
+    with pytest.raises(TaskError, match="invalid options.*hidden.*mnist-cnn"):
+        get_task("mnist-cnn", hidden=(8,))

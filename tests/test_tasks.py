@@ -253,3 +253,14 @@ def test_cnn_grouped_convolutions_match_the_vmapped_module(task_name, chunk, mon
     per_net = torch.randn(5, 20, c, size, size, generator=g)
     reference = torch.stack([task.functional()(params, per_net[b])[b] for b in range(5)]).transpose(1, 2)
     torch.testing.assert_close(sup.cnn_logits(params, per_net, shared=False), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_two_layer_mlp_fast_path_matches_vmapped_module():
+    task = get_task("mnist-mlp", hidden=(24, 12))
+    theta = torch.stack([task.flatten(task.build(s)) for s in range(3)])
+    params = task.layout.unflatten(theta)
+    x = task.data.x["val"][:40]
+    reference = task.functional()(params, x).transpose(1, 2)  # (B, C, N)
+    torch.testing.assert_close(mlp_logits(params, x, shared=True), reference, rtol=1e-4, atol=1e-5)
+    per_net = x[None].expand(3, -1, -1, -1, -1)
+    torch.testing.assert_close(mlp_logits(params, per_net, shared=False), reference, rtol=1e-4, atol=1e-5)

@@ -189,3 +189,25 @@ def run_device_probe() -> str:
         timeout=120,
     )
     return res.stdout
+
+
+def test_a_family_member_zoo_trains_exports_and_steps_that_member(tmp_path):
+    import torch
+
+    from gpt_params.optimizer import LearnedOptimizer
+    from gpt_params.tasks import get_task
+
+    zoo = tmp_path / "member.h5"
+    cfg = HarvestConfig(
+        task="digits-mlp", runs=8, ckpts_per_run=4, cohort_size=8, epochs=1, hidden="8,4", out=str(zoo)
+    )
+    harvest(cfg)
+    out = tmp_path / "run"
+    run(["--zoo", str(zoo), "--out", str(out), "--max-steps", "1", *TINY])
+    opt = LearnedOptimizer.from_pretrained(out)
+    member = get_task("digits-mlp", hidden=(8, 4))
+    assert opt.exported.meta["task_options"] == {"hidden": [8, 4]}
+    assert opt.task.label == member.label and opt.task.layout == member.layout
+    net = member.build(0)
+    stepped = opt.step(net, opt.best_prompt, generator=torch.Generator().manual_seed(0))
+    assert [p.shape for p in stepped.parameters()] == [p.shape for p in net.parameters()]

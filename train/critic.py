@@ -24,8 +24,7 @@ from tqdm.auto import tqdm
 from gpt_params.config import add_arguments, from_args, opt
 from gpt_params.critic import CriticConfig, fit_critic
 from gpt_params.errors import GptParamsError
-from gpt_params.export import load_export, save_export
-from gpt_params.tasks import get_task
+from gpt_params.export import export_task, load_export, save_export
 from gpt_params.zoo_reader import Zoo
 
 
@@ -48,13 +47,10 @@ def main() -> None:
     try:
         exp = load_export(cfg.model)
         zoo = Zoo(cfg.zoo)
-        zoo.require_task(exp.meta["task"])
+        task = zoo.make_task()
+        zoo.require_task(export_task(exp.meta))
     except GptParamsError as e:
         sys.exit(f"critic.py: error: {e}")
-    task = get_task(
-        zoo.task,
-        **({"data_dir": zoo.harvest_config["data_dir"]} if zoo.harvest_config.get("data_dir") else {}),
-    )
     metric = exp.meta["metric"]
     bar = tqdm(total=cfg.epochs, desc="critic", unit="epoch")
 

@@ -37,7 +37,6 @@ from gpt_params.model import PRESETS, ModelConfig, ParamDiffusionTransformer, co
 from gpt_params.normalize import ParamNormalizer
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.pairs import PairConfig, PairStream, best_index
-from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task
 from gpt_params.zoo_reader import Zoo
 
@@ -241,8 +240,7 @@ def main() -> None:
         zoo = Zoo(cfg.zoo)
     except GptParamsError as e:
         fail(str(e))
-    data_dir = zoo.harvest_config.get("data_dir")
-    task = get_task(zoo.task, **({"data_dir": data_dir} if data_dir else {}))
+    task = zoo.make_task()
     metric = cfg.metric or task.objective
     if metric not in zoo.metrics or metric.startswith("test"):
         fail(f"--metric {metric!r} not usable; choose a train/val metric of {sorted(zoo.metrics)}")

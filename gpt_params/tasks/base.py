@@ -22,6 +22,11 @@ from gpt_params.layout import ParamLayout, PermGroup
 INIT_SEED = 7_000_000
 
 
+def task_label(name: str, options: dict[str, Any]) -> str:
+    """``name`` and a family member's options as one word each: ``mnist-mlp hidden=[64,32]``."""
+    return " ".join([name, *(f"{k}={v}".replace(" ", "") for k, v in sorted(options.items()))])
+
+
 @dataclass
 class TrainedCohort:
     """One cohort of training runs as a task's trainer returns it (before divergence screening)."""
@@ -75,6 +80,14 @@ class Task(ABC):
     may_be_nan: tuple[str, ...] = ()  # metrics a healthy checkpoint may lack (NaN); others mark divergence
     harvest_devices: tuple[str, ...] = ("cpu",)  # device types ``gpt-params harvest --device`` accepts
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None  # ``harvest --augment``
+    # which member of the task's family of architectures this is, as ``get_task(name, **options)``
+    # takes it (``{"hidden": [32]}``); empty for the family's default member. Zoos and exports store it.
+    options: dict[str, Any] = {}
+
+    @property
+    def label(self) -> str:
+        """The name, with the member options where they are not the default: ``mnist-mlp hidden=[32]``."""
+        return task_label(self.name, self.options)
 
     @abstractmethod
     def build(self, seed: int) -> nn.Module:

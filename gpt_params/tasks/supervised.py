@@ -19,16 +19,26 @@ from gpt_params.tasks.data import SPLITS, Splits
 EVAL_BUDGET = 1 << 24  # floats of activations per evaluation chunk (~64 MB)
 
 
-class MLP(nn.Module):
-    """in -> hidden (ReLU) -> out, input flattened."""
+HIDDEN_WIDTHS = (1, 256)  # smallest and largest hidden width of an MLP family member
+MAX_HIDDEN_LAYERS = 2
 
-    def __init__(self, n_in: int, n_hidden: int, n_out: int) -> None:
+
+class MLP(nn.Module):
+    """in -> hidden[0] -> ... -> out with ReLU between, input flattened; layers ``fc1 .. fc{L+1}``
+    (one hidden layer: ``fc1``, ``fc2``, the names G.pt's 784-10-10 has always had)."""
+
+    def __init__(self, n_in: int, hidden: int | Sequence[int], n_out: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(n_in, n_hidden)
-        self.fc2 = nn.Linear(n_hidden, n_out)
+        widths = (n_in, *((hidden,) if isinstance(hidden, int) else hidden), n_out)
+        self.n_layers = len(widths) - 1
+        for i in range(self.n_layers):
+            setattr(self, f"fc{i + 1}", nn.Linear(widths[i], widths[i + 1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+        h = x.flatten(1)
+        for i in range(1, self.n_layers):
+            h = F.relu(getattr(self, f"fc{i}")(h))
+        return getattr(self, f"fc{self.n_layers}")(h)
 
 
 def mlp_logits(params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -> torch.Tensor:
@@ -47,8 +57,27 @@ def mlp_logits(params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -
     else:
         n = x.shape[1]
         hid = torch.bmm(w1, x.reshape(b, n, i).transpose(1, 2))  # (B, H, N)
-    hid = (hid + b1[:, :, None]).relu()
-    return torch.baddbmm(params["fc2.bias"][:, :, None], params["fc2.weight"], hid)  # (B, C, N)
+    hid = hid + b1[:, :, None]
+    layer = 2
+    while f"fc{layer}.weight" in params:  # (B, H_out, H_in) @ (B, H_in, N) + bias
+        hid = torch.baddbmm(params[f"fc{layer}.bias"][:, :, None], params[f"fc{layer}.weight"], hid.relu())
+        layer += 1
+    return hid  # (B, C, N)
+
+
+def mlp_hidden(family: str, hidden: int | Sequence[int]) -> tuple[int, ...]:
+    """``hidden`` as a member of an MLP family's widths: one or two hidden layers of 1 to 256 units."""
+    widths = (hidden,) if isinstance(hidden, int) else tuple(hidden) if isinstance(hidden, Sequence) else ()
+    low, high = HIDDEN_WIDTHS
+    ok = 1 <= len(widths) <= MAX_HIDDEN_LAYERS and all(
+        isinstance(w, int) and not isinstance(w, bool) and low <= w <= high for w in widths
+    )
+    if not ok:
+        raise TaskError(
+            f"hidden={hidden!r} is not a member of the {family} family; expected one or two "
+            f"hidden layers of {low} to {high} units, e.g. (32,) or (64, 32)"
+        )
+    return widths
 
 
 class CNN(nn.Module):
@@ -144,8 +173,10 @@ class SupervisedTask(Task):
         fast_logits: Callable[[dict[str, torch.Tensor], torch.Tensor, bool], torch.Tensor] | None = None,
         eval_chunk: int = 4096,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        options: dict | None = None,
     ) -> None:
         self.name = name
+        self.options = options or {}
         self._factory = factory
         self._symmetries = symmetries
         self._data_loader = data_loader
@@ -287,8 +318,12 @@ class SupervisedTask(Task):
         return {m: out[m] for m in names if m in out}
 
 
-def _mlp_symmetry(n_hidden: int) -> tuple[PermGroup, ...]:
-    return (PermGroup(n_hidden, (("fc1.weight", 0), ("fc1.bias", 0), ("fc2.weight", 1))),)
+def _mlp_symmetry(hidden: Sequence[int]) -> tuple[PermGroup, ...]:
+    """Hidden layer i's units index the rows of ``fc{i}`` and the columns of ``fc{i+1}``."""
+    return tuple(
+        PermGroup(h, ((f"fc{i}.weight", 0), (f"fc{i}.bias", 0), (f"fc{i + 1}.weight", 1)))
+        for i, h in enumerate(hidden, start=1)
+    )
 
 
 def _cnn_symmetry() -> tuple[PermGroup, ...]:
@@ -298,20 +333,37 @@ def _cnn_symmetry() -> tuple[PermGroup, ...]:
     )
 
 
-def make_mnist_mlp(
-    data_dir: str | None = None, download: bool = False, data: Splits | None = None
-) -> SupervisedTask:
-    from gpt_params.tasks import data as d
-
+def _mlp_task(
+    family: str, n_in: int, hidden: tuple[int, ...], default: tuple[int, ...], loader: Callable[[], Splits],
+    data: Splits | None,
+) -> SupervisedTask:  # fmt: skip
     return SupervisedTask(
-        "mnist-mlp",
-        lambda: MLP(784, 10, 10),
-        _mlp_symmetry(10),
-        (lambda: d.mnist_torchvision(data_dir, download)) if data_dir else d.mnist5k,
-        activations_per_example=20,
+        family,
+        lambda: MLP(n_in, hidden, 10),
+        _mlp_symmetry(hidden),
+        loader,
+        activations_per_example=2 * (sum(hidden) + 10),
         data=data,
         fast_logits=mlp_logits,
+        options={} if hidden == default else {"hidden": list(hidden)},
     )
+
+
+MNIST_MLP_HIDDEN = (10,)  # G.pt's 784-10-10
+DIGITS_MLP_HIDDEN = (16,)
+
+
+def make_mnist_mlp(
+    data_dir: str | None = None,
+    download: bool = False,
+    data: Splits | None = None,
+    hidden: int | Sequence[int] = MNIST_MLP_HIDDEN,
+) -> SupervisedTask:
+    """The family of MNIST MLPs 784 -> h1 (-> h2) -> 10; ``hidden`` picks the member."""
+    from gpt_params.tasks import data as d
+
+    loader = (lambda: d.mnist_torchvision(data_dir, download)) if data_dir else d.mnist5k
+    return _mlp_task("mnist-mlp", 784, mlp_hidden("mnist-mlp", hidden), MNIST_MLP_HIDDEN, loader, data)
 
 
 def make_mnist_cnn(
@@ -359,21 +411,17 @@ def make_cifar10_cnn(
 
 
 def make_digits_mlp(
-    data_dir: str | None = None, download: bool = False, data: Splits | None = None
+    data_dir: str | None = None,
+    download: bool = False,
+    data: Splits | None = None,
+    hidden: int | Sequence[int] = DIGITS_MLP_HIDDEN,
 ) -> SupervisedTask:
-    from gpt_params.errors import TaskError
+    """The family of scikit-learn digits MLPs 64 -> h1 (-> h2) -> 10; ``hidden`` picks the member."""
     from gpt_params.tasks import data as d
 
     if data_dir is not None:
         raise TaskError(
             f"digits-mlp uses scikit-learn's bundled digits; it takes no --data-dir (got {data_dir!r})"
         )
-    return SupervisedTask(
-        "digits-mlp",
-        lambda: MLP(64, 16, 10),
-        _mlp_symmetry(16),
-        d.sklearn_digits,
-        activations_per_example=26,
-        data=data,
-        fast_logits=mlp_logits,
-    )
+    hidden = mlp_hidden("digits-mlp", hidden)
+    return _mlp_task("digits-mlp", 64, hidden, DIGITS_MLP_HIDDEN, d.sklearn_digits, data)
