@@ -209,3 +209,103 @@ def random_perms(
 ) -> list[torch.Tensor]:
     """Uniformly random unit permutations, one ``(B, size)`` tensor per group."""
     return [torch.argsort(torch.rand(batch, g.size, generator=generator), dim=1) for g in groups]
+
+
+# -- architecture families: tensors by role --------------------------------------------------------
+
+ROLE_KINDS = ("unit", "edge", "rest")
+
+
+@dataclass(frozen=True)
+class Role:
+    """How one kind of tensor of an architecture family (an MLP's first-layer weights, its output bias,
+    ...) enters the tokens, whatever the member's widths:
+
+    * ``unit``: the tensor is indexed by one hidden layer's units on ``axis``; each unit's slice
+      (``features`` values) joins that unit's token;
+    * ``edge``: the tensor connects two hidden layers; each entry (``features`` values, 9 for a 3x3
+      kernel) is pooled into both units' tokens and decoded from the pair;
+    * ``rest``: a tensor of fixed size ``features`` that no hidden layer indexes gets a token of its own.
+    """
+
+    kind: str
+    features: int
+    axis: int = 0  # ``unit``: the axis indexed by the units
+
+    def __post_init__(self) -> None:
+        if self.kind not in ROLE_KINDS:
+            raise LayoutError(f"unknown role kind {self.kind!r}; expected one of {ROLE_KINDS}")
+
+
+@dataclass
+class RolePlan:
+    """Where one member's tensors sit in its flat vector, by role: what :class:`RoleTokenizer` needs to
+    tokenise that member. Built by :func:`role_plan`; moved between devices with :meth:`to`."""
+
+    numel: int
+    sizes: list[int]  # units per hidden layer
+    units: list[list[tuple[str, torch.Tensor]]]  # per hidden layer: (role, flat index (n_g, F))
+    edges: list[tuple[str, int, int, torch.Tensor]]  # (role, layer a, layer b, flat index (n_a, n_b, F))
+    rest: list[tuple[str, torch.Tensor]]  # (role, flat index (F,))
+    role_id: torch.Tensor  # (D,) index into the family's role list of each coordinate
+
+    def to(self, device: torch.device | str) -> RolePlan:
+        return RolePlan(
+            self.numel,
+            self.sizes,
+            [[(r, i.to(device)) for r, i in parts] for parts in self.units],
+            [(r, a, b, i.to(device)) for r, a, b, i in self.edges],
+            [(r, i.to(device)) for r, i in self.rest],
+            self.role_id.to(device),
+        )
+
+
+def role_plan(
+    layout: ParamLayout, groups: Sequence[PermGroup], roles: dict[str, str], spec: dict[str, Role]
+) -> RolePlan:
+    """The :class:`RolePlan` of a member with ``layout`` and hidden layers ``groups`` whose tensors play
+    ``roles`` (tensor name -> role name of the family ``spec``); a :class:`LayoutError` naming the tensor
+    where the member does not fit the family."""
+    owners: dict[str, list[tuple[int, int]]] = {}
+    for g, group in enumerate(groups):
+        for name, axis in group.members:
+            owners.setdefault(name, []).append((g, axis))
+    names = list(spec)
+    units: list[list[tuple[str, torch.Tensor]]] = [[] for _ in groups]
+    edges, rest = [], []
+    role_id = torch.empty(layout.numel, dtype=torch.long)
+    flat = layout.unflatten(torch.arange(layout.numel))
+    for name in layout.names:
+        if name not in roles or roles[name] not in spec:
+            raise LayoutError(f"tensor {name!r} has no role of the family ({', '.join(names)})")
+        role, r = roles[name], spec[roles[name]]
+        role_id[layout.slice_of(name)] = names.index(role)
+        own = owners.get(name, [])
+        if r.kind == "unit":
+            g = [g for g, axis in own if axis == r.axis]
+            if len(own) != 1 or not g:
+                raise LayoutError(
+                    f"tensor {name!r} ({role}) must be indexed by one hidden layer on axis {r.axis}"
+                )
+            idx = flat[name].movedim(r.axis, 0).reshape(groups[g[0]].size, -1)  # (n_g, F)
+            units[g[0]].append((role, idx))
+        elif r.kind == "edge":
+            if len(own) != 2:
+                raise LayoutError(f"tensor {name!r} ({role}) must connect two hidden layers")
+            (ga, axa), (gb, axb) = own
+            idx = flat[name].movedim((axa, axb), (0, 1))
+            idx = idx.reshape(idx.shape[0], idx.shape[1], -1)  # (n_a, n_b, F)
+            edges.append((role, ga, gb, idx))
+        else:
+            if own:
+                raise LayoutError(
+                    f"tensor {name!r} ({role}) is indexed by a hidden layer; a rest role cannot be"
+                )
+            idx = flat[name].reshape(-1)  # (F,)
+            rest.append((role, idx))
+        if idx.shape[-1] != r.features:
+            raise LayoutError(
+                f"tensor {name!r} ({role}) gives {idx.shape[-1]} values per token slot, the family's "
+                f"{role} has {r.features}"
+            )
+    return RolePlan(layout.numel, [g.size for g in groups], units, edges, rest, role_id)

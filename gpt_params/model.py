@@ -24,8 +24,8 @@ from timm.layers import Attention, Mlp
 from torch import nn
 
 from gpt_params.diffusion import DiffusionConfig, train_scheduler
-from gpt_params.layout import ParamLayout, PermGroup
-from gpt_params.tokenizers import ChunkTokenizer, NeuronTokenizer
+from gpt_params.layout import ParamLayout, PermGroup, Role, RolePlan
+from gpt_params.tokenizers import ChunkTokenizer, NeuronTokenizer, RoleTokenizer
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ModelConfig:
     depth: int = 6  # transformer blocks
     heads: int = 4  # attention heads
     mlp_ratio: float = 4.0  # MLP hidden width / E
-    tokenizer: str = "neuron"  # "neuron" (permutation-equivariant) or "chunk" (G.pt)
+    tokenizer: str = "neuron"  # "neuron" (permutation-equivariant), "chunk" (G.pt) or "role" (a family)
     chunk: int = 256  # values per chunk token
     edge_width: int = 64  # neuron tokenizer: width of the per-weight pair head between hidden layers
     fourier_features: int = 64  # sin/cos pairs per scalar input
@@ -103,24 +103,39 @@ class ParamDiffusionTransformer(nn.Module):
 
     def __init__(
         self,
-        layout: ParamLayout,
+        layout: ParamLayout | None,
         groups: tuple[PermGroup, ...],
         config: ModelConfig,
         diffusion: DiffusionConfig | None = None,
+        family: dict[str, Role] | None = None,
     ) -> None:
+        """One ``layout`` with hidden layers ``groups`` (tokenizers ``neuron``, ``chunk``), or every member
+        of an architecture ``family`` (tokenizer ``role``; each call then takes the member's plan)."""
         super().__init__()
         self.config = config
         abar = train_scheduler(diffusion or DiffusionConfig()).alphas_cumprod.float()
         self.register_buffer("sqrt_abar", abar.sqrt(), persistent=False)  # (num_train_timesteps,)
-        tensor_id = torch.cat([torch.full((n,), i) for i, n in enumerate(layout.sizes)])
-        self.register_buffer("tensor_id", tensor_id, persistent=False)  # (D,) tensor of each coordinate
         e = config.width
-        if config.tokenizer == "neuron":
-            self.tokenizer = NeuronTokenizer(layout, groups, e, config.chunk, config.edge_width)
-        elif config.tokenizer == "chunk":
-            self.tokenizer = ChunkTokenizer(layout, e, config.chunk)
+        self.family = family if config.tokenizer == "role" else None
+        if config.tokenizer == "role":
+            if family is None:
+                raise ValueError(
+                    "the 'role' tokenizer serves an architecture family; pass its roles as family="
+                )
+            self.tokenizer = RoleTokenizer(family, e, config.edge_width)
+            n_skip = len(family)
+        elif config.tokenizer in ("neuron", "chunk"):
+            if layout is None:
+                raise ValueError(f"the {config.tokenizer!r} tokenizer needs the layout it serves")
+            tensor_id = torch.cat([torch.full((n,), i) for i, n in enumerate(layout.sizes)])
+            self.register_buffer("tensor_id", tensor_id, persistent=False)  # (D,) tensor of each coordinate
+            if config.tokenizer == "neuron":
+                self.tokenizer = NeuronTokenizer(layout, groups, e, config.chunk, config.edge_width)
+            else:
+                self.tokenizer = ChunkTokenizer(layout, e, config.chunk)
+            n_skip = len(layout.sizes)
         else:
-            raise ValueError(f"unknown tokenizer {config.tokenizer!r}; expected 'neuron' or 'chunk'")
+            raise ValueError(f"unknown tokenizer {config.tokenizer!r}; expected 'neuron', 'chunk' or 'role'")
         self.t_embed = FourierEmbedding(e, config.fourier_features)
         # metrics vary over a few units (log-loss, error, return / max): low frequencies keep the
         # prompt embedding smooth, so prompts between those seen in training interpolate
@@ -134,7 +149,7 @@ class ParamDiffusionTransformer(nn.Module):
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(e, 2 * e))
         nn.init.zeros_(self.final_ada[1].weight)
         nn.init.zeros_(self.final_ada[1].bias)
-        self.skip = nn.Linear(e, len(layout.sizes))  # per-tensor skip coefficient from (t, metrics)
+        self.skip = nn.Linear(e, n_skip)  # per-tensor (per-role) skip coefficient from (t, metrics)
         nn.init.zeros_(self.skip.weight)
         nn.init.zeros_(self.skip.bias)
 
@@ -146,24 +161,30 @@ class ParamDiffusionTransformer(nn.Module):
         start_metric: torch.Tensor,
         prompt: torch.Tensor,
         prompt_mask: torch.Tensor | None = None,
+        plan: RolePlan | None = None,
     ) -> torch.Tensor:
         """Predicted ``theta_future`` ``(B, D)`` (normalised parameters in, normalised out).
 
         ``t`` (B,) are diffusion timesteps in [0, 1000); metrics (B,) are already normalised;
-        ``prompt_mask`` (B,) bool is False where the prompt is dropped.
+        ``prompt_mask`` (B,) bool is False where the prompt is dropped; ``plan``: the family member
+        the batch holds (``role`` tokenizer only; every row of a batch is the same member).
         """
+        if (plan is None) != (self.family is None):
+            raise ValueError("a family model takes the member's plan=; a single-layout model takes none")
+        member = () if plan is None else (plan,)
+        ids = self.tensor_id if plan is None else plan.role_id
         p = self.prompt_embed(prompt)  # (B, E)
         if prompt_mask is not None:
             p = torch.where(prompt_mask[:, None], p, self.null_prompt.expand_as(p))
         c = self.t_embed(t / 1000.0) + self.start_embed(start_metric) + p  # (B, E)
-        x = self.tokenizer.encode(theta_start, theta_noisy)  # (B, T, E)
+        x = self.tokenizer.encode(theta_start, theta_noisy, *member)  # (B, T, E)
         for block in self.blocks:
             x = block(x, c)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
         x = _modulate(self.norm(x), shift, scale)  # (B, T, E)
         noisy_change = theta_noisy - self.sqrt_abar[t.long()][:, None] * theta_start  # (B, D)
-        skip = self.skip(c)[:, self.tensor_id] * noisy_change  # (B, D)
-        return theta_start + skip + self.tokenizer.decode(x, theta_start, theta_noisy)
+        skip = self.skip(c)[:, ids] * noisy_change  # (B, D)
+        return theta_start + skip + self.tokenizer.decode(x, theta_start, theta_noisy, *member)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from gpt_params.layout import ParamLayout, PermGroup
+from gpt_params.layout import ParamLayout, PermGroup, Role, RolePlan
 
 
 def _unit_index(layout: ParamLayout, name: str, axis: int) -> torch.Tensor:
@@ -206,4 +206,88 @@ class NeuronTokenizer(nn.Module):
             out[:, self._edge_index(e)] = self.edge_out[e](torch.nn.functional.gelu(a + b + x)).to(out.dtype)
         if self.rest is not None:
             self.rest.decode_into(h[:, offsets[-1] :], out)
+        return out
+
+
+class RoleTokenizer(nn.Module):
+    """The neuron tokens of :class:`NeuronTokenizer` with projections shared by tensor *role*, not by
+    tensor: nothing is sized by a member's widths, so one tokenizer serves every member of a family
+    (any number of units per hidden layer, up to ``max_layers`` hidden layers). A member's unit token
+    is the sum of its roles' projections (a linear map of the concatenated slices, as in
+    :class:`NeuronTokenizer`) plus an embedding of the hidden layer's position. Equivariant to
+    hidden-unit permutations by construction."""
+
+    def __init__(self, spec: dict[str, Role], width: int, edge_width: int = 64, max_layers: int = 2) -> None:
+        super().__init__()
+        self.spec = dict(spec)
+        unit = [n for n, r in spec.items() if r.kind == "unit"]
+        edge = [n for n, r in spec.items() if r.kind == "edge"]
+        rest = [n for n, r in spec.items() if r.kind == "rest"]
+        f = {n: r.features for n, r in spec.items()}
+        self.embed = nn.ModuleDict({n: nn.Linear(2 * f[n], width) for n in unit})
+        self.head = nn.ModuleDict({n: nn.Linear(width, f[n]) for n in unit})
+        self.layer_emb = nn.Parameter(torch.randn(max_layers, width) * 0.02)
+        self.edge_in = nn.ModuleDict(
+            {
+                n: nn.Sequential(nn.Linear(2 * f[n], edge_width), nn.GELU(), nn.Linear(edge_width, width))
+                for n in edge
+            }
+        )
+        self.edge_a = nn.ModuleDict({n: nn.Linear(width, edge_width) for n in edge})
+        self.edge_b = nn.ModuleDict({n: nn.Linear(width, edge_width) for n in edge})
+        self.edge_x = nn.ModuleDict({n: nn.Linear(2 * f[n], edge_width) for n in edge})
+        self.edge_out = nn.ModuleDict({n: nn.Linear(edge_width, f[n]) for n in edge})
+        self.rest_embed = nn.ModuleDict({n: nn.Linear(2 * f[n], width) for n in rest})
+        self.rest_pos = nn.ParameterDict({n: nn.Parameter(torch.randn(width) * 0.02) for n in rest})
+        self.rest_head = nn.ModuleDict({n: nn.Linear(width, f[n]) for n in rest})
+        for h in [*self.head.values(), *self.edge_out.values(), *self.rest_head.values()]:
+            nn.init.zeros_(h.weight)
+            nn.init.zeros_(h.bias)
+        self.max_layers = max_layers
+
+    def encode(self, theta_start: torch.Tensor, theta_noisy: torch.Tensor, plan: RolePlan) -> torch.Tensor:
+        """Tokens ``(B, T, E)``: each hidden layer's units in order, then one token per rest tensor."""
+        if len(plan.units) > self.max_layers:
+            raise ValueError(
+                f"a member with {len(plan.units)} hidden layers; this tokenizer takes {self.max_layers}"
+            )
+
+        def pair(idx: torch.Tensor) -> torch.Tensor:
+            return torch.cat([theta_start[:, idx], theta_noisy[:, idx]], -1)  # (B, ..., 2F)
+
+        units = []
+        for g, parts in enumerate(plan.units):
+            tok = self.layer_emb[g].expand(theta_start.shape[0], plan.sizes[g], -1)  # (B, n_g, E)
+            for role, idx in parts:
+                tok = tok + self.embed[role](pair(idx))  # (B, n_g, E)
+            units.append(tok)
+        for role, ga, gb, idx in plan.edges:
+            first, act, last = self.edge_in[role]
+            hidden = act(first(pair(idx)))  # (B, n_a, n_b, W): pooled before the affine last map
+            units[ga] = units[ga] + last(hidden.mean(2))
+            units[gb] = units[gb] + last(hidden.mean(1))
+        rest = [(self.rest_embed[role](pair(idx)) + self.rest_pos[role])[:, None] for role, idx in plan.rest]
+        return torch.cat(units + rest, 1)
+
+    def decode(
+        self, h: torch.Tensor, theta_start: torch.Tensor, theta_noisy: torch.Tensor, plan: RolePlan
+    ) -> torch.Tensor:
+        """The change ``(B, D)`` predicted from tokens ``h`` ``(B, T, E)`` laid out as :meth:`encode`'s."""
+        out = theta_start.new_zeros(theta_start.shape)
+        hs, at = [], 0
+        for n in plan.sizes:
+            hs.append(h[:, at : at + n])
+            at += n
+        for g, parts in enumerate(plan.units):
+            for role, idx in parts:
+                out[:, idx] = self.head[role](hs[g]).to(out.dtype)  # (B, n_g, F)
+        for role, ga, gb, idx in plan.edges:
+            a = self.edge_a[role](hs[ga])[:, :, None]  # (B, n_a, 1, W)
+            b = self.edge_b[role](hs[gb])[:, None]  # (B, 1, n_b, W)
+            x = self.edge_x[role](
+                torch.cat([theta_start[:, idx], theta_noisy[:, idx]], -1)
+            )  # (B, n_a, n_b, W)
+            out[:, idx] = self.edge_out[role](torch.nn.functional.gelu(a + b + x)).to(out.dtype)
+        for k, (role, idx) in enumerate(plan.rest):
+            out[:, idx] = self.rest_head[role](h[:, at + k]).to(out.dtype)
         return out

@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 from gpt_params.errors import TaskError
-from gpt_params.layout import ParamLayout, PermGroup
+from gpt_params.layout import ParamLayout, PermGroup, Role
 
 # first seed of the random inits that evaluations start from (``Task.unseen_inits``). Harvest run
 # seeds are 31-bit hashes of (harvest seed, run id), so a 5,000-run zoo shares one of these seeds with
@@ -83,6 +83,12 @@ class Task(ABC):
     # which member of the task's family of architectures this is, as ``get_task(name, **options)``
     # takes it (``{"hidden": [32]}``); empty for the family's default member. Zoos and exports store it.
     options: dict[str, Any] = {}
+    # architecture families (the MLPs): the roles their tensors play, whatever the member's widths
+    # (``Role``: first-layer weights, output bias, ...), which role each of this member's tensors plays,
+    # and each tensor's fan-in (inputs per unit of its layer, what its scale follows). None elsewhere.
+    family: dict[str, Role] | None = None
+    roles: dict[str, str] = {}
+    fan_in: dict[str, int] = {}
 
     @property
     def label(self) -> str:

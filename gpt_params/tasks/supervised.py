@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt_params.errors import TaskError
-from gpt_params.layout import PermGroup
+from gpt_params.layout import PermGroup, Role
 from gpt_params.recipes import SUPERVISED_PRESETS
 from gpt_params.tasks.base import Baseline, BaselineConfig, Task, TrainedCohort
 from gpt_params.tasks.data import SPLITS, Splits
@@ -174,9 +174,14 @@ class SupervisedTask(Task):
         eval_chunk: int = 4096,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         options: dict | None = None,
+        family: dict[str, Role] | None = None,
+        roles: dict[str, str] | None = None,
+        fan_in: dict[str, int] | None = None,
     ) -> None:
         self.name = name
         self.options = options or {}
+        if family is not None:
+            self.family, self.roles, self.fan_in = family, roles or {}, fan_in or {}
         self._factory = factory
         self._symmetries = symmetries
         self._data_loader = data_loader
@@ -318,6 +323,29 @@ class SupervisedTask(Task):
         return {m: out[m] for m in names if m in out}
 
 
+def mlp_family(n_in: int, n_out: int = 10) -> dict[str, Role]:
+    """The roles of an MLP family's tensors (see :class:`~gpt_params.layout.Role`): first-layer weights
+    and biases, weights and biases between hidden layers, output weights and output bias."""
+    return {
+        "in_weight": Role("unit", n_in),
+        "in_bias": Role("unit", 1),
+        "mid_weight": Role("edge", 1),
+        "mid_bias": Role("unit", 1),
+        "out_weight": Role("unit", n_out, axis=1),
+        "out_bias": Role("rest", n_out),
+    }
+
+
+def mlp_roles(n_hidden_layers: int) -> dict[str, str]:
+    """Tensor name -> role in a member with ``n_hidden_layers`` hidden layers."""
+    last = n_hidden_layers + 1
+    roles = {}
+    for i in range(1, last + 1):
+        kind = "in" if i == 1 else "out" if i == last else "mid"
+        roles[f"fc{i}.weight"], roles[f"fc{i}.bias"] = f"{kind}_weight", f"{kind}_bias"
+    return roles
+
+
 def _mlp_symmetry(hidden: Sequence[int]) -> tuple[PermGroup, ...]:
     """Hidden layer i's units index the rows of ``fc{i}`` and the columns of ``fc{i+1}``."""
     return tuple(
@@ -346,6 +374,9 @@ def _mlp_task(
         data=data,
         fast_logits=mlp_logits,
         options={} if hidden == default else {"hidden": list(hidden)},
+        family=mlp_family(n_in),
+        roles=mlp_roles(len(hidden)),
+        fan_in={f"fc{i}.{p}": w for i, w in enumerate((n_in, *hidden), start=1) for p in ("weight", "bias")},
     )
 
 
