@@ -26,6 +26,7 @@ from gpt_params.errors import ZooError
 from gpt_params.layout import ParamLayout
 
 SCHEMA_VERSION = 1
+MIXED = "mixed"  # root attribute ``architectures`` of a zoo holding several members of a family
 SPLIT_NAMES = ("train", "val", "test")
 PART_RE = re.compile(r"^cohort-(\d{6})\.h5$")
 _STR = h5py.string_dtype()
@@ -44,6 +45,11 @@ class Cohort:
     params: np.ndarray  # (R, K, D) float32
     metrics: dict[str, np.ndarray]  # name -> (R, K) float32
     diverged: list[dict] = field(default_factory=list)  # {"run_id", "seed", "split", "hparams", "reason"}
+
+
+def member_attrs(layout: ParamLayout, task_options: dict) -> dict:
+    """A mixed zoo's part (or member group) attributes: which family member its runs are."""
+    return {"layout": layout.to_json(), "task_options": json.dumps(task_options, sort_keys=True)}
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -97,18 +103,20 @@ def _write_cohort(f: h5py.File, c: Cohort, attrs: dict) -> None:
 
 def zoo_attrs(
     task: str,
-    layout: ParamLayout,
+    layout: ParamLayout | None,
     metric_names: Sequence[str],
     harvest_config: dict,
     task_options: dict | None = None,
 ) -> dict:
     """The root attributes every zoo file carries; ``task_options`` (``Task.options``: which member of
-    an architecture family the zoo holds) only where it is not the family's default."""
+    an architecture family the zoo holds) only where it is not the family's default. ``layout=None``
+    makes a zoo of several members of the task's family (``architectures = "mixed"``): each part then
+    carries its own ``layout`` and ``task_options`` (:func:`member_attrs`)."""
     return {
         **({"task_options": json.dumps(task_options, sort_keys=True)} if task_options else {}),
+        **({"layout": layout.to_json()} if layout is not None else {"architectures": MIXED}),
         "schema_version": SCHEMA_VERSION,
         "task": task,
-        "layout": layout.to_json(),
         "metric_names": json.dumps(list(metric_names)),
         "harvest_config": json.dumps(harvest_config, sort_keys=True),
         "split_names": json.dumps(list(SPLIT_NAMES)),
@@ -148,15 +156,18 @@ class ZooWriter:
     def done_cohorts(self) -> set[int]:
         return {int(PART_RE.match(p.name).group(1)) for p in self._part_files()}
 
-    def commit(self, cohort: Cohort) -> None:
-        """Write one cohort's part atomically, then the index atomically."""
+    def commit(self, cohort: Cohort, member: dict | None = None) -> None:
+        """Write one cohort's part atomically, then the index atomically. A mixed zoo's cohort names
+        its family ``member`` (:func:`member_attrs`)."""
+        if (member is None) != (self.attrs.get("architectures") != MIXED):
+            raise ZooError("a mixed zoo's cohorts name their member (member_attrs); other zoos' do not")
         part = self.parts / f"cohort-{cohort.cohort_id:06d}.h5"
         if part.exists():
             raise ZooError(
                 f"cohort {cohort.cohort_id} is already in {str(self.parts)!r}; refusing to duplicate it"
             )
         with _atomic_h5(part) as f:
-            _write_cohort(f, cohort, self.attrs)
+            _write_cohort(f, cohort, {**self.attrs, **(member or {})})
         self.rebuild_index()
 
     def rebuild_index(self) -> None:
@@ -171,33 +182,89 @@ def write_index(path: Path, sources: Sequence[Path], attrs: dict, rel_to: Path |
     """
     per_run, per_ckpt, metrics, diverged = _gather_small(sources)
     n_runs = len(per_run["run_id"])
-    k, d = _params_shape(sources)
-    layout = h5py.VirtualLayout(shape=(n_runs, k, d), dtype=np.float32)
-    row = 0
-    for src in sources:
-        with h5py.File(src, "r") as f:
-            r = f["params"].shape[0]
-        if r == 0:
-            continue
-        name = os.path.relpath(src, rel_to) if rel_to is not None else str(src)
-        layout[row : row + r] = h5py.VirtualSource(name, "params", shape=(r, k, d))
-        row += r
+    groups = _member_groups(sources, attrs)
     with _atomic_h5(path) as f:
         _write_attrs(f, attrs)
-        f.create_virtual_dataset("params", layout, fillvalue=np.nan)
+        for dest, member, srcs, shape in groups:
+            layout = h5py.VirtualLayout(shape=shape, dtype=np.float32)
+            row = 0
+            for src, r in srcs:
+                name = os.path.relpath(src, rel_to) if rel_to is not None else str(src)
+                layout[row : row + r] = h5py.VirtualSource(name, "params", shape=(r, *shape[1:]))
+                row += r
+            f.create_virtual_dataset(dest, layout, fillvalue=np.nan)
+            f[dest].attrs.update(member)
         _write_small(f, per_run, per_ckpt, metrics, diverged)
+        _write_members(f, sources, attrs, groups)
     return n_runs
 
 
-def _params_shape(sources: Sequence[Path]) -> tuple[int, int]:
-    shapes = set()
+def _member_groups(sources: Sequence[Path], attrs: dict) -> list[tuple[str, dict, list, tuple]]:
+    """``(dataset, member attrs, [(source, runs)], (runs, K, D))`` per params dataset of a zoo over
+    ``sources``: one ``params`` for a single-architecture zoo, ``members/<i>/params`` per member of a
+    mixed one, in order of first appearance."""
+    mixed = attrs.get("architectures") == MIXED
+    order: list[str] = []
+    found: dict[str, tuple[dict, list]] = {}
     for src in sources:
         with h5py.File(src, "r") as f:
-            if f["params"].shape[0]:  # an empty shard has no checkpoint shape to agree on
-                shapes.add(f["params"].shape[1:])
-    if len(shapes) > 1:
-        raise ZooError(f"zoo parts disagree on (checkpoints, parameters): {sorted(shapes)}")
-    return shapes.pop() if shapes else (0, 0)
+            r, shape = f["params"].shape[0], f["params"].shape[1:]
+            member = member_of(f.attrs) if mixed else {}
+        key = json.dumps(member, sort_keys=True)
+        if r == 0 and not mixed:
+            continue
+        if key not in found:
+            order.append(key)
+            found[key] = (member, [])
+        found[key][1].append((src, r, shape))
+    out = []
+    for i, key in enumerate(order):
+        member, srcs = found[key]
+        shapes = {s for _, r, s in srcs if r}
+        if len(shapes) > 1:
+            raise ZooError(f"zoo parts disagree on (checkpoints, parameters): {sorted(shapes)}")
+        shape = shapes.pop() if shapes else srcs[0][2]
+        n = sum(r for _, r, _ in srcs)
+        out.append(
+            (
+                f"members/{i}/params" if mixed else "params",
+                member,
+                [(s, r) for s, r, _ in srcs if r],
+                (n, *shape),
+            )
+        )
+    if not mixed and not out:
+        out.append(("params", {}, [], (0, 0, 0)))
+    return out
+
+
+def member_of(attrs) -> dict:
+    """The member attributes (``layout``, ``task_options``) of a mixed zoo's part or member group."""
+    get = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+    try:
+        return {"layout": get["layout"], "task_options": get["task_options"]}
+    except KeyError:
+        raise ZooError(
+            "a part of a mixed-architecture zoo lacks its member's layout and task_options"
+        ) from None
+
+
+def _write_members(f: h5py.File, sources: Sequence[Path], attrs: dict, groups: list) -> None:
+    """A mixed zoo's ``runs/member`` (which member group) and ``runs/member_row`` (row in its params),
+    run by run in the order of ``sources``."""
+    if attrs.get("architectures") != MIXED:
+        return
+    keys = [json.dumps(m, sort_keys=True) for _, m, _, _ in groups]
+    member, row, seen = [], [], [0] * len(groups)
+    for src in sources:
+        with h5py.File(src, "r") as s:
+            r = s["runs/run_id"].shape[0]
+            g = keys.index(json.dumps(member_of(s.attrs), sort_keys=True))
+        member.extend([g] * r)
+        row.extend(range(seen[g], seen[g] + r))
+        seen[g] += r
+    f["runs"].create_dataset("member", data=np.array(member, dtype=np.int64))
+    f["runs"].create_dataset("member_row", data=np.array(row, dtype=np.int64))
 
 
 def _gather_small(sources: Sequence[Path]) -> tuple[dict, dict, dict, list]:
@@ -352,7 +419,10 @@ def read_attrs(path: str | Path) -> dict:
 def check_compatible(path: Path, attrs: dict, ignore: Iterable[str] = ()) -> None:
     """Raise unless the zoo at ``path`` has the same schema, task, layout and harvest config."""
     have = read_attrs(path)
-    for key in ("task", "task_options", "layout", "metric_names"):
+    keys = ("task", "task_options", "layout", "metric_names")
+    if attrs.get("architectures") == MIXED:  # each part holds its own member
+        keys = ("task", "architectures", "metric_names")
+    for key in keys:
         if have.get(key) != attrs.get(key):
             hint = " or `gpt-params zoo relabel` it to add newer metrics" if key == "metric_names" else ""
             raise ZooError(
@@ -394,19 +464,37 @@ def merge(inputs: Sequence[str | Path], out: str | Path, virtual: bool = False) 
     cfg.pop("num_shards", None)
     attrs["harvest_config"] = json.dumps(cfg, sort_keys=True)
     attrs["package_version"] = __version__
+    paths = [q for p in paths for q in _param_sources(p)]  # a mixed harvest: its parts, in run order
     if virtual:
         return write_index(out, paths, attrs, rel_to=out.parent)
     per_run, per_ckpt, metrics, diverged = _gather_small(paths)
-    k, d = _params_shape(paths)
     n_runs = len(per_run["run_id"])
+    groups = _member_groups(paths, attrs)
     with _atomic_h5(out) as f:
         _write_attrs(f, attrs)
-        dset = f.create_dataset("params", shape=(n_runs, k, d), dtype=np.float32)
-        row = 0
-        for p in paths:
-            with h5py.File(p, "r") as src:
-                for r in range(src["params"].shape[0]):
-                    dset[row] = src["params"][r]
-                    row += 1
+        for dest, member, srcs, shape in groups:
+            dset = f.create_dataset(dest, shape=shape, dtype=np.float32)
+            dset.attrs.update(member)
+            row = 0
+            for src, _ in srcs:
+                with h5py.File(src, "r") as s:
+                    for r in range(s["params"].shape[0]):
+                        dset[row] = s["params"][r]
+                        row += 1
         _write_small(f, per_run, per_ckpt, metrics, diverged)
+        _write_members(f, paths, attrs, groups)
     return n_runs
+
+
+def _param_sources(path: Path) -> list[Path]:
+    """Files whose ``params`` hold the runs of zoo ``path`` in its run order: the file itself, or the
+    parts of a mixed-architecture harvest (whose index groups its runs by member)."""
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("architectures") != MIXED:
+            return [path]
+        if any(not f[f"members/{k}/params"].is_virtual for k in f.get("members", {})):
+            raise ZooError(
+                f"{str(path)!r} is a self-contained mixed-architecture zoo; merge the harvests it came from"
+            )
+    parts = path.with_name(path.name + ".parts")
+    return sorted(p for p in parts.iterdir() if PART_RE.match(p.name)) if parts.is_dir() else []

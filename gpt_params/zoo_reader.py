@@ -15,7 +15,7 @@ from gpt_params.errors import ZooError
 from gpt_params.layout import ParamLayout
 from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task, task_label
-from gpt_params.zoo import SPLIT_NAMES, read_attrs
+from gpt_params.zoo import MIXED, SPLIT_NAMES, member_of, read_attrs
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
@@ -31,8 +31,9 @@ class Zoo:
         self.path = Path(path)
         attrs = read_attrs(self.path)
         self.task: str = attrs["task"]
-        self.task_options: dict = json.loads(attrs.get("task_options", "{}"))  # the family member held
-        self.layout = ParamLayout.from_json(attrs["layout"])
+        self.mixed = attrs.get("architectures") == MIXED  # several members of the task's family
+        self._layout = ParamLayout.from_json(attrs["layout"]) if not self.mixed else None
+        self._task_options: dict = json.loads(attrs.get("task_options", "{}"))  # the family member held
         self.metric_names: tuple[str, ...] = tuple(json.loads(attrs["metric_names"]))
         self.harvest_config: dict = json.loads(attrs["harvest_config"])
         self.package_version: str = attrs.get("package_version", "?")
@@ -44,7 +45,19 @@ class Zoo:
             self.step = f["step"][()] if "step" in f else np.zeros((0, 0), np.int64)
             self.metrics = {m: f["metrics"][m][()] for m in f["metrics"]}
             self.diverged = [json.loads(r) for r in f["diverged/record"][()]]
-            self.params_shape = f["params"].shape
+            if self.mixed:  # runs grouped by member: members/<i>/params, runs/member, runs/member_row
+                groups = f.get("members", {})
+                self.members = [member_of(groups[str(i)]["params"].attrs) for i in range(len(groups))]
+                self._datasets = [f"members/{i}/params" for i in range(len(groups))]
+                self.member = f["runs/member"][()] if "member" in f["runs"] else np.zeros(0, np.int64)
+                self.member_row = f["runs/member_row"][()] if "member" in f["runs"] else np.zeros(0, np.int64)
+            else:
+                self.members = [{"layout": attrs["layout"], "task_options": attrs.get("task_options", "{}")}]
+                self._datasets = ["params"]
+                self.member = np.zeros(len(self.run_id), np.int64)
+                self.member_row = np.arange(len(self.run_id))
+        self.member_layouts = [ParamLayout.from_json(m["layout"]) for m in self.members]
+        self.member_options: list[dict] = [json.loads(m["task_options"]) for m in self.members]
         self._handle: h5py.File | None = None
         self._pid = -1
 
@@ -54,7 +67,35 @@ class Zoo:
 
     @property
     def n_ckpts(self) -> int:
-        return self.params_shape[1]
+        return self.step.shape[1] if self.step.ndim == 2 and self.step.shape[0] else 0
+
+    @property
+    def layout(self) -> ParamLayout:
+        """The layout of every network in a single-architecture zoo (see :meth:`layout_of` otherwise)."""
+        if self._layout is None:
+            raise ZooError(
+                f"zoo {str(self.path)!r} holds {len(self.members)} architectures of {self.task}; "
+                f"ask for one run's (layout_of) or one member's runs (runs_of_member)"
+            )
+        return self._layout
+
+    @property
+    def task_options(self) -> dict:
+        """The family member every network is (a single-architecture zoo); see :meth:`options_of`."""
+        self.layout  # noqa: B018 (a ZooError for a mixed zoo)
+        return self._task_options
+
+    def layout_of(self, row: int) -> ParamLayout:
+        return self.member_layouts[int(self.member[row])]
+
+    def options_of(self, row: int) -> dict:
+        """``get_task`` options of run ``row``'s architecture."""
+        return self.member_options[int(self.member[row])]
+
+    def runs_of_member(self, member: int, split: str | None = None) -> np.ndarray:
+        """Rows of member ``member``'s runs (of ``split`` if given), in zoo order."""
+        rows = np.flatnonzero(self.member == member)
+        return rows if split is None else rows[self.split[rows] == SPLIT_NAMES.index(split)]
 
     @cached_property
     def hparams(self) -> list[dict]:
@@ -89,13 +130,16 @@ class Zoo:
 
     @property
     def label(self) -> str:
+        if self.mixed:
+            return f"{self.task} family ({len(self.members)} architectures)"
         return task_label(self.task, self.task_options)
 
-    def make_task(self, data_dir: str | None = None) -> Task:
-        """The task of this zoo's networks (its family member), reading its data from ``data_dir`` or, by
-        default, the directory the zoo was harvested from."""
+    def make_task(self, data_dir: str | None = None, member: int | None = None) -> Task:
+        """The task of this zoo's networks (of member ``member``'s in a mixed zoo), reading its data from
+        ``data_dir`` or, by default, the directory the zoo was harvested from."""
         data_dir = data_dir or self.harvest_config.get("data_dir")
-        return get_task(self.task, **self.task_options, **({"data_dir": data_dir} if data_dir else {}))
+        options = self.member_options[member] if member is not None else self.task_options
+        return get_task(self.task, **options, **({"data_dir": data_dir} if data_dir else {}))
 
     def _file(self) -> h5py.File:
         if self._handle is None or self._pid != os.getpid():
@@ -104,12 +148,12 @@ class Zoo:
         return self._handle
 
     def params(self, row: int) -> np.ndarray:
-        """All checkpoints of run ``row``: ``(K, D)`` float32, one contiguous read."""
-        return self._file()["params"][row]
+        """All checkpoints of run ``row``: ``(K, D)`` float32 (D of its architecture), one contiguous read."""
+        return self._file()[self._datasets[int(self.member[row])]][int(self.member_row[row])]
 
     def checkpoint(self, row: int, k: int) -> np.ndarray:
         """Checkpoint ``k`` of run ``row``: ``(D,)`` float32."""
-        return self._file()["params"][row, k]
+        return self._file()[self._datasets[int(self.member[row])]][int(self.member_row[row]), k]
 
     def sample_checkpoints(self, rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
         """Up to ``size`` checkpoints ``(n, D)`` drawn without replacement from the runs ``rows``."""

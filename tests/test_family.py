@@ -112,3 +112,63 @@ def test_a_family_model_predicts_for_any_member_and_stays_equivariant():
         torch.testing.assert_close(out_p, p_out, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="plan="):
         model(noisy, t, start, metric, prompt)
+
+
+def _cohort(cohort_id, task, runs, k=3, seed=0):
+    import numpy as np
+
+    from gpt_params.zoo import Cohort
+
+    g = np.random.default_rng(seed)
+    ids = np.arange(cohort_id * 10, cohort_id * 10 + runs)
+    return Cohort(
+        cohort_id=cohort_id,
+        run_id=ids,
+        seed=ids,
+        split=(ids % 3).astype(np.uint8),
+        hparams=["{}"] * runs,
+        step=np.tile(np.arange(k), (runs, 1)),
+        params=g.standard_normal((runs, k, task.layout.numel)).astype(np.float32),
+        metrics={m: g.random((runs, k)).astype(np.float32) for m in task.metric_names},
+    )
+
+
+def test_a_mixed_zoo_groups_runs_by_member_and_merges(tmp_path):
+    import numpy as np
+
+    from gpt_params.errors import ZooError
+    from gpt_params.zoo import ZooWriter, member_attrs, merge, zoo_attrs
+    from gpt_params.zoo_reader import Zoo
+
+    members = [get_task("digits-mlp", hidden=h) for h in [(4,), (6, 3), (4,)]]
+    attrs = zoo_attrs("digits-mlp", None, members[0].metric_names, {"runs": 7})
+    shards = []
+    for shard, cohorts in enumerate([[0, 2], [1]]):
+        w = ZooWriter(tmp_path / f"z{shard}.h5", attrs)
+        for c in cohorts:
+            with pytest.raises(ZooError, match="name their member"):
+                w.commit(_cohort(c, members[c], runs=2 + c))
+            w.commit(
+                _cohort(c, members[c], runs=2 + c, seed=c),
+                member_attrs(members[c].layout, members[c].options),
+            )
+        shards.append(tmp_path / f"z{shard}.h5")
+    for path in [shards[0], tmp_path / "virtual.h5", tmp_path / "merged.h5"]:
+        if path.name == "virtual.h5":
+            merge(shards, path, virtual=True)
+        elif path.name == "merged.h5":
+            merge(shards, path)
+        zoo = Zoo(path)
+        assert zoo.mixed and zoo.label.startswith("digits-mlp family")
+        with pytest.raises(ZooError, match=r"holds \d architectures of digits-mlp"):
+            zoo.layout  # noqa: B018
+        for row in range(zoo.n_runs):
+            cohort = int(zoo.run_id[row]) // 10
+            task = members[cohort]
+            assert zoo.layout_of(row) == task.layout and zoo.options_of(row) == task.options
+            expected = _cohort(cohort, task, runs=2 + cohort, seed=cohort).params[int(zoo.run_id[row]) % 10]
+            np.testing.assert_array_equal(zoo.params(row), expected)
+            assert zoo.make_task(member=int(zoo.member[row])).layout == task.layout
+        sizes = [len(zoo.runs_of_member(m)) for m in range(len(zoo.members))]
+        assert sizes == ([2 + 4] if path == shards[0] else [2 + 4, 3])  # (4,) in cohorts 0 and 2; (6, 3) in 1
+    assert Zoo(tmp_path / "merged.h5").n_runs == 2 + 3 + 4

@@ -165,9 +165,9 @@ def test_unseen_runs_come_from_the_test_or_the_val_split_only(tmp_path):
     assert list(zoo.first_runs(2, "train")) == list(zoo.runs("train")[:2])
     with pytest.raises(ZooError, match="asked for 0"):
         zoo.first_runs(0, "train")
-    zoo.require_task(zoo.task)
+    zoo.require_task(zoo.make_task())
     with pytest.raises(ZooError, match=f"is a {zoo.task!r} zoo; the model is for 'cartpole'"):
-        zoo.require_task("cartpole")
+        zoo.require_task(get_task("cartpole"))
 
 
 class Interrupted(Exception):
