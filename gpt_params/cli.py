@@ -134,8 +134,13 @@ def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _format_summary(s: dict) -> str:
+    size = (
+        f"{s['n_params']} parameters"
+        if s["n_params"] is not None
+        else f"{len(s['architectures'])} architectures"
+    )
     lines = [
-        f"{s['path']}: task {s['task']}, {s['n_params']} parameters, {s['ckpts_per_run']} checkpoints per run",
+        f"{s['path']}: task {s['task']}, {size}, {s['ckpts_per_run']} checkpoints per run",
         "runs: "
         + ", ".join(f"{k} {v}" for k, v in s["runs"].items())
         + f" ({s['diverged_runs']} diverged, excluded)",
@@ -151,6 +156,18 @@ def _format_summary(s: dict) -> str:
                     lines.append(
                         f"{metric:<14}{split:<7}{which:<7}" + "".join(f"{v:>9.4g}" for v in qs.values())
                     )
+    if "architectures" in s:
+        metrics = list(s["architectures"][0]["final"]) if s["architectures"] else []
+        lines.append(
+            f"{'architecture':<34}{'params':>8}{'train':>7}{'val':>5}{'test':>5}"
+            + "".join(f"{'final ' + m:>17}" for m in metrics)
+        )
+        for a in s["architectures"]:
+            r = a["runs"]
+            lines.append(
+                f"{a['member']:<34}{a['n_params']:>8}{r['train']:>7}{r['val']:>5}{r['test']:>5}"
+                + "".join(f"{a['final'][m]:>17.4g}" for m in metrics)
+            )
     if "params" in s:
         p = s["params"]
         lines.append(

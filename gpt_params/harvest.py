@@ -22,7 +22,7 @@ from gpt_params.errors import GptParamsError
 from gpt_params.recipes import SPACINGS, checkpoint_steps, run_seed  # noqa: F401 (checkpoint_steps: API)
 from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task, TrainedCohort
-from gpt_params.zoo import SPLIT_NAMES, Cohort, ZooWriter, zoo_attrs
+from gpt_params.zoo import SPLIT_NAMES, Cohort, ZooWriter, member_attrs, zoo_attrs
 
 DIVERGED_ABS = 1e3  # a checkpoint with any |weight| above this counts as diverged
 
@@ -66,6 +66,11 @@ class HarvestConfig:
         "MLP families (mnist-mlp, digits-mlp): the member to harvest, its hidden widths as 32 or 64,32 "
         "(default: the family's default member)",
     )
+    architectures: str | None = opt(
+        None,
+        "MLP families: mixed draws each cohort's member (its hidden widths) from the family's documented "
+        "distribution, leaving some widths out (gpt_params.tasks.supervised.draw_mlp_member); default: one member",
+    )
     val_frac: float = opt(0.1, "fraction of runs assigned to the val split")
     test_frac: float = opt(0.1, "fraction of runs assigned to the test split")
     shard_index: int = opt(0, "this process's shard (multi-process harvests)")
@@ -92,6 +97,10 @@ class HarvestConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise GptParamsError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+        if self.architectures not in (None, "mixed"):
+            raise GptParamsError(f"--architectures must be 'mixed' (or left out), got {self.architectures!r}")
+        if self.architectures and self.hidden is not None:
+            raise GptParamsError("--hidden pins one member; --architectures mixed draws them: choose one")
         if self.spacing not in SPACINGS:
             raise GptParamsError(f"--spacing must be one of {SPACINGS}, got {self.spacing!r}")
         if not 0 <= self.shard_index < self.num_shards:
@@ -118,7 +127,12 @@ class HarvestConfig:
         d.pop("out")
         d.pop("workers")
         d.pop("device")
-        for name in ("train_metric_images", "augment", "hidden"):  # older zoos stay resumable
+        for name in (
+            "train_metric_images",
+            "augment",
+            "hidden",
+            "architectures",
+        ):  # older zoos stay resumable
             if not d[name]:
                 d.pop(name)
         if d["spacing"] == "log":  # zoos harvested before --spacing existed stay resumable
@@ -215,8 +229,14 @@ def harvest(
         )
     if cfg.augment and task.augment is None:
         raise GptParamsError(f"--augment: {task.name} defines no augmentation of its training data")
+    mixed = cfg.architectures == "mixed"
+    if mixed and task.family is None:
+        raise GptParamsError(f"--architectures mixed: {task.name} is one architecture, not a family")
     cfg = replace(cfg, device=str(process_device(cfg.device)))
-    attrs = zoo_attrs(task.name, task.layout, task.metric_names, cfg.stored(), task.options)
+    if mixed:
+        attrs = zoo_attrs(task.name, None, task.metric_names, cfg.stored())
+    else:
+        attrs = zoo_attrs(task.name, task.layout, task.metric_names, cfg.stored(), task.options)
     writer = ZooWriter(cfg.out, attrs)
     n_cohorts = -(-cfg.runs // cfg.cohort_size)
     mine = [c for c in range(n_cohorts) if c % cfg.num_shards == cfg.shard_index]
@@ -228,8 +248,10 @@ def harvest(
         if c in done:
             continue
         run_ids = cohort_runs(cfg, c)
-        trained = task.train_cohort(cfg, c, run_ids, on_step)
-        writer.commit(assemble_cohort(cfg, c, run_ids, trained, task.may_be_nan))
+        member = task.draw_member(np.random.default_rng([cfg.seed, 0xA7C, c])) if mixed else task
+        trained = member.train_cohort(cfg, c, run_ids, on_step)
+        cohort = assemble_cohort(cfg, c, run_ids, trained, task.may_be_nan)
+        writer.commit(cohort, member_attrs(member.layout, member.options) if mixed else None)
         if on_cohort is not None:
             on_cohort(len(cohort_runs(cfg, c)), c)
     writer.rebuild_index()  # a commit killed between part and index leaves the index behind; catch up

@@ -184,8 +184,8 @@ def summarise(zoo: Zoo, max_param_runs: int = 256, seed: int = 0) -> dict:
     parameter statistics of train-split checkpoints (from up to ``max_param_runs`` random runs)."""
     out: dict = {
         "path": str(zoo.path),
-        "task": zoo.task,
-        "n_params": zoo.layout.numel,
+        "task": zoo.label,
+        "n_params": zoo.layout.numel if not zoo.mixed else None,
         "ckpts_per_run": zoo.n_ckpts,
         "runs": {s: int(len(zoo.runs(s))) for s in SPLIT_NAMES},
         "diverged_runs": len(zoo.diverged),
@@ -200,6 +200,20 @@ def summarise(zoo: Zoo, max_param_runs: int = 256, seed: int = 0) -> dict:
             m: {"all": _quantiles(v[rows].ravel()), "final": _quantiles(v[rows, -1])}
             for m, v in zoo.metrics.items()
         }
+    if zoo.mixed:  # per member: its runs and where they end; parameter statistics are per layout
+        out["architectures"] = [
+            {
+                "member": task_label(zoo.task, zoo.member_options[m]),
+                "n_params": zoo.member_layouts[m].numel,
+                "runs": {s: int(len(zoo.runs_of_member(m, s))) for s in SPLIT_NAMES},
+                "final": {
+                    name: float(np.nanmedian(v[zoo.runs_of_member(m), -1])) for name, v in zoo.metrics.items()
+                },
+            }
+            for m in range(len(zoo.members))
+        ]
+        out["architectures"].sort(key=lambda a: (a["n_params"], a["member"]))
+        return out
     train = zoo.runs("train")
     if len(train):
         pick = np.sort(

@@ -172,3 +172,50 @@ def test_a_mixed_zoo_groups_runs_by_member_and_merges(tmp_path):
         sizes = [len(zoo.runs_of_member(m)) for m in range(len(zoo.members))]
         assert sizes == ([2 + 4] if path == shards[0] else [2 + 4, 3])  # (4,) in cohorts 0 and 2; (6, 3) in 1
     assert Zoo(tmp_path / "merged.h5").n_runs == 2 + 3 + 4
+
+
+def test_mixed_harvest_draws_members_per_cohort_and_never_a_held_out_one(tmp_path):
+    import numpy as np
+
+    from gpt_params.harvest import HarvestConfig, harvest
+    from gpt_params.tasks.supervised import HELD_OUT_SHAPES, HELD_OUT_WIDTHS, draw_mlp_member
+    from gpt_params.zoo_reader import Zoo
+
+    draws = [draw_mlp_member(np.random.default_rng([0, i])) for i in range(2000)]
+    assert {len(h) for h in draws} == {1, 2}
+    assert min(min(h) for h in draws) >= 4 and max(max(h) for h in draws) <= 256
+    assert not any(h[0] in HELD_OUT_WIDTHS for h in draws if len(h) == 1)
+    assert not any(h in HELD_OUT_SHAPES for h in draws)
+
+    cfg = HarvestConfig(
+        task="digits-mlp", runs=6, ckpts_per_run=3, cohort_size=2, epochs=1, preset="gpt",
+        architectures="mixed", out=str(tmp_path / "mixed.h5"),
+    )  # fmt: skip
+    harvest(cfg)
+    zoo = Zoo(cfg.out)
+    assert zoo.mixed and zoo.n_runs == 6 and len(zoo.members) == 3  # three cohorts, three members
+    for row in range(zoo.n_runs):
+        task = zoo.make_task(member=int(zoo.member[row]))
+        assert zoo.params(row).shape == (3, task.layout.numel)
+        theta = torch.from_numpy(zoo.checkpoint(row, 2))[None]
+        assert np.isclose(task.evaluate(theta)["val_loss"][0], zoo.metrics["val_loss"][row, 2], rtol=1e-4)
+    harvest(cfg)  # a rerun resumes: nothing to add
+    assert Zoo(cfg.out).n_runs == 6
+
+
+def test_zoo_info_reports_a_mixed_zoo_per_architecture(tmp_path, capsys):
+    from gpt_params.cli import main
+    from gpt_params.harvest import HarvestConfig, harvest
+
+    out = tmp_path / "mixed.h5"
+    harvest(
+        HarvestConfig(
+            task="digits-mlp", runs=4, ckpts_per_run=2, cohort_size=2, epochs=1, preset="gpt",
+            architectures="mixed", out=str(out),
+        )
+    )  # fmt: skip
+    assert main(["zoo", "info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "task digits-mlp family (2 architectures)" in text and "final val_loss" in text
+    rows = [line for line in text.splitlines() if line.startswith("digits-mlp hidden=")]
+    assert len(rows) == 2 and all(sum(map(int, r.split()[3:6])) == 2 for r in rows)  # train + val + test runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from functools import cached_property
 
@@ -177,11 +178,13 @@ class SupervisedTask(Task):
         family: dict[str, Role] | None = None,
         roles: dict[str, str] | None = None,
         fan_in: dict[str, int] | None = None,
+        member_factory: Callable[..., SupervisedTask] | None = None,
     ) -> None:
         self.name = name
         self.options = options or {}
         if family is not None:
             self.family, self.roles, self.fan_in = family, roles or {}, fan_in or {}
+            self._member_factory = member_factory
         self._factory = factory
         self._symmetries = symmetries
         self._data_loader = data_loader
@@ -195,6 +198,15 @@ class SupervisedTask(Task):
     def build(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)  # PyTorch default init, reproducible from the seed
         return self._factory()
+
+    def draw_member(self, rng: np.random.Generator) -> SupervisedTask:
+        """A member of this task's family drawn from the ``--architectures mixed`` distribution, sharing
+        this task's data."""
+        if self.family is None:
+            raise TaskError(
+                f"{self.name} is one architecture, not a family; --architectures mixed needs a family"
+            )
+        return self._member_factory(hidden=draw_mlp_member(rng), data=self.data)
 
     @property
     def symmetries(self) -> tuple[PermGroup, ...]:
@@ -323,6 +335,26 @@ class SupervisedTask(Task):
         return {m: out[m] for m in names if m in out}
 
 
+# ``gpt-params harvest --architectures mixed`` over an MLP family: each cohort draws one member, with
+# one hidden layer (probability 1/2) or two, each width log-uniform on [4, 256] and rounded. Members
+# held out of every such zoo are redrawn: the one-layer widths HELD_OUT_WIDTHS (G.pt's 784-10-10
+# among them) and the two-layer shapes HELD_OUT_SHAPES, so they test architectures no zoo held.
+MIXED_WIDTHS = (4, 256)
+HELD_OUT_WIDTHS = (10, 24, 48, 96, 192)
+HELD_OUT_SHAPES = ((32, 16), (64, 64))
+
+
+def draw_mlp_member(rng: np.random.Generator) -> tuple[int, ...]:
+    """One member of the ``--architectures mixed`` distribution (hidden widths)."""
+    low, high = np.log(MIXED_WIDTHS[0]), np.log(MIXED_WIDTHS[1])
+    while True:
+        layers = 1 if rng.random() < 0.5 else 2
+        hidden = tuple(int(round(float(np.exp(rng.uniform(low, high))))) for _ in range(layers))
+        held = hidden[0] in HELD_OUT_WIDTHS if layers == 1 else hidden in HELD_OUT_SHAPES
+        if not held:
+            return hidden
+
+
 def mlp_family(n_in: int, n_out: int = 10) -> dict[str, Role]:
     """The roles of an MLP family's tensors (see :class:`~gpt_params.layout.Role`): first-layer weights
     and biases, weights and biases between hidden layers, output weights and output bias."""
@@ -363,7 +395,7 @@ def _cnn_symmetry() -> tuple[PermGroup, ...]:
 
 def _mlp_task(
     family: str, n_in: int, hidden: tuple[int, ...], default: tuple[int, ...], loader: Callable[[], Splits],
-    data: Splits | None,
+    data: Splits | None, factory: Callable[..., SupervisedTask],
 ) -> SupervisedTask:  # fmt: skip
     return SupervisedTask(
         family,
@@ -377,6 +409,7 @@ def _mlp_task(
         family=mlp_family(n_in),
         roles=mlp_roles(len(hidden)),
         fan_in={f"fc{i}.{p}": w for i, w in enumerate((n_in, *hidden), start=1) for p in ("weight", "bias")},
+        member_factory=factory,
     )
 
 
@@ -394,7 +427,9 @@ def make_mnist_mlp(
     from gpt_params.tasks import data as d
 
     loader = (lambda: d.mnist_torchvision(data_dir, download)) if data_dir else d.mnist5k
-    return _mlp_task("mnist-mlp", 784, mlp_hidden("mnist-mlp", hidden), MNIST_MLP_HIDDEN, loader, data)
+    member = mlp_hidden("mnist-mlp", hidden)
+    factory = functools.partial(make_mnist_mlp, data_dir, download)
+    return _mlp_task("mnist-mlp", 784, member, MNIST_MLP_HIDDEN, loader, data, factory)
 
 
 def make_mnist_cnn(
@@ -455,4 +490,4 @@ def make_digits_mlp(
             f"digits-mlp uses scikit-learn's bundled digits; it takes no --data-dir (got {data_dir!r})"
         )
     hidden = mlp_hidden("digits-mlp", hidden)
-    return _mlp_task("digits-mlp", 64, hidden, DIGITS_MLP_HIDDEN, d.sklearn_digits, data)
+    return _mlp_task("digits-mlp", 64, hidden, DIGITS_MLP_HIDDEN, d.sklearn_digits, data, make_digits_mlp)
