@@ -65,6 +65,42 @@ def best_index(metric: np.ndarray, higher_is_better: bool) -> np.ndarray:
     return m.argmax(1)
 
 
+def draw_pairs(
+    g: np.random.Generator,
+    params: np.ndarray,
+    metric: np.ndarray,
+    b: int,
+    cfg: PairConfig,
+    normalizer: ParamNormalizer,
+    layout: ParamLayout,
+    groups: tuple[PermGroup, ...],
+    task,
+) -> dict[str, torch.Tensor]:
+    """``b`` pairs ``(theta_i, theta_j)``, ``j >= i``, of runs ``params`` ``(runs, K, D)`` with ``metric``
+    ``(runs, K)``, normalised, drawn with ``g`` as ``cfg`` says; ``task`` normalises the metric."""
+    k = params.shape[1]
+    slot = g.integers(0, len(params), b)
+    # last usable checkpoint of each pair's run: the final one, or the best one with early stopping
+    last = best_index(metric[slot], cfg.higher_is_better) if cfg.early_stop else np.full(b, k - 1)
+    i = np.where(g.random(b) < cfg.init_frac, 0, np.floor(g.random(b) * (last + 1)).astype(np.int64))
+    u = g.random(b) ** (1.0 / cfg.late_bias)  # late_bias 1: uniform over i+1 .. last
+    later = i + 1 + np.floor(u * (last - i)).astype(np.int64)
+    j = np.where((g.random(b) < cfg.same_frac) | (i == last), i, later)
+    start = torch.from_numpy(params[slot, i])  # (B, D)
+    future = torch.from_numpy(params[slot, j])  # (B, D)
+    if cfg.augment and groups:
+        perms = random_perms(groups, b, torch.Generator().manual_seed(int(g.integers(2**62))))
+        both = permute(torch.cat([start, future]), layout, groups, [torch.cat([p, p]) for p in perms])
+        start, future = both.chunk(2)
+    m = torch.from_numpy(metric)
+    return {
+        "theta_start": normalizer.normalize(start),
+        "theta_future": normalizer.normalize(future),
+        "start_metric": task.normalize_metric(m[slot, i], cfg.metric),
+        "prompt": task.normalize_metric(m[slot, j], cfg.metric),
+    }
+
+
 class PairStream(IterableDataset):
     """Yields batches ``{theta_start, theta_future: (B, D); start_metric, prompt: (B,)}``, normalised,
     for steps ``start_step, start_step + 1, ...``; one HDF5 handle per worker process."""
@@ -124,32 +160,17 @@ class PairStream(IterableDataset):
     def batch(self, step: int, params: np.ndarray, metric: np.ndarray) -> dict[str, torch.Tensor]:
         """Draw the pairs of ``step`` from the buffer ``params`` (slots, K, D) / ``metric`` (slots, K)."""
         g = _rng(self.seed, 3, step)
-        b, k = self.batch_size, params.shape[1]
-        slot = g.integers(0, self.n_slots, b)
-        # last usable checkpoint of each pair's run: the final one, or the best one with early stopping
-        last = (
-            best_index(metric[slot], self.cfg.higher_is_better) if self.cfg.early_stop else np.full(b, k - 1)
+        return draw_pairs(
+            g,
+            params,
+            metric,
+            self.batch_size,
+            self.cfg,
+            self.normalizer,
+            self.layout,
+            self.groups,
+            self._task,
         )
-        i = np.where(g.random(b) < self.cfg.init_frac, 0, np.floor(g.random(b) * (last + 1)).astype(np.int64))
-        u = g.random(b) ** (1.0 / self.cfg.late_bias)  # late_bias 1: uniform over i+1 .. last
-        later = i + 1 + np.floor(u * (last - i)).astype(np.int64)
-        j = np.where((g.random(b) < self.cfg.same_frac) | (i == last), i, later)
-        start = torch.from_numpy(params[slot, i])  # (B, D)
-        future = torch.from_numpy(params[slot, j])  # (B, D)
-        if self.cfg.augment and self.groups:
-            perms = random_perms(self.groups, b, torch.Generator().manual_seed(int(g.integers(2**62))))
-            both = permute(
-                torch.cat([start, future]), self.layout, self.groups, [torch.cat([p, p]) for p in perms]
-            )
-            start, future = both.chunk(2)
-        m = torch.from_numpy(metric)
-        task = self._task
-        return {
-            "theta_start": self.normalizer.normalize(start),
-            "theta_future": self.normalizer.normalize(future),
-            "start_metric": task.normalize_metric(m[slot, i], self.cfg.metric),
-            "prompt": task.normalize_metric(m[slot, j], self.cfg.metric),
-        }
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
@@ -168,4 +189,67 @@ class PairStream(IterableDataset):
                 metric[slots] = metric_all[runs]
             if (step - self.start_step) % n_workers == worker:
                 yield self.batch(step, params, metric)
+            step += 1
+
+
+class MemberPairStream(IterableDataset):
+    """Batches of a mixed-architecture zoo, each from one family member (so one shape): step ``s``
+    draws a member with probability proportional to its train runs, reads ``runs_per_step`` of its
+    runs and draws the pairs from them as :class:`PairStream` does. Yields what :class:`PairStream`
+    yields plus ``member`` (the zoo's member index). Everything a step draws is a function of
+    ``(seed, s)``, so a resumed training sees the stream an uninterrupted one would."""
+
+    def __init__(
+        self,
+        zoo_path: str,
+        rows_by_member: dict[int, np.ndarray],
+        batch_size: int,
+        cfg: PairConfig,
+        normalizers: dict[int, ParamNormalizer],
+        layouts: dict[int, ParamLayout],
+        groups: dict[int, tuple[PermGroup, ...]],
+        task: str,
+        seed: int = 0,
+        start_step: int = 0,
+        runs_per_step: int = 8,
+    ) -> None:
+        self.members = np.array(sorted(m for m, r in rows_by_member.items() if len(r)))
+        if len(self.members) == 0:
+            raise ValueError("no runs to draw training pairs from")
+        self.rows = {int(m): np.asarray(rows_by_member[m]) for m in self.members}
+        weight = np.array([len(self.rows[int(m)]) for m in self.members], dtype=np.float64)
+        self.p = weight / weight.sum()
+        self.zoo_path, self.batch_size, self.cfg, self.task = zoo_path, batch_size, cfg, task
+        self.normalizers, self.layouts, self.groups = normalizers, layouts, groups
+        self.seed, self.start_step, self.runs_per_step = seed, start_step, runs_per_step
+
+    @cached_property
+    def _task(self):
+        return get_task(self.task)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_task"}
+
+    def member_at(self, step: int) -> int:
+        return int(_rng(self.seed, 5, step).choice(self.members, p=self.p))
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        zoo = Zoo(self.zoo_path)
+        metric_all = zoo.metrics[self.cfg.metric]
+        step = self.start_step
+        while True:
+            if (step - self.start_step) % n_workers == worker:
+                m = self.member_at(step)
+                g = _rng(self.seed, 6, step)
+                runs = np.sort(
+                    g.choice(self.rows[m], min(self.runs_per_step, len(self.rows[m])), replace=False)
+                )
+                params = np.stack([zoo.params(int(r)) for r in runs])  # (runs, K, D_m)
+                batch = draw_pairs(
+                    g, params, metric_all[runs], self.batch_size, self.cfg, self.normalizers[m],
+                    self.layouts[m], self.groups[m], self._task,
+                )  # fmt: skip
+                yield {**batch, "member": torch.tensor(m)}
             step += 1

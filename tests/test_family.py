@@ -219,3 +219,48 @@ def test_zoo_info_reports_a_mixed_zoo_per_architecture(tmp_path, capsys):
     assert "task digits-mlp family (2 architectures)" in text and "final val_loss" in text
     rows = [line for line in text.splitlines() if line.startswith("digits-mlp hidden=")]
     assert len(rows) == 2 and all(sum(map(int, r.split()[3:6])) == 2 for r in rows)  # train + val + test runs
+
+
+def test_member_pairs_come_from_one_member_per_batch_and_resume_exactly(tmp_path):
+    import itertools
+
+    import numpy as np
+
+    from gpt_params.harvest import HarvestConfig, harvest
+    from gpt_params.normalize import RoleNormalizer
+    from gpt_params.pairs import MemberPairStream, PairConfig
+    from gpt_params.zoo_reader import Zoo
+
+    cfg = HarvestConfig(
+        task="digits-mlp", runs=9, ckpts_per_run=3, cohort_size=3, epochs=1, preset="gpt", val_frac=0,
+        test_frac=0, architectures="mixed", out=str(tmp_path / "mixed.h5"),
+    )  # fmt: skip
+    harvest(cfg)
+    zoo = Zoo(cfg.out)
+    tasks = {m: zoo.make_task(member=m) for m in range(len(zoo.members))}
+    roles = tuple(tasks[0].family)
+    norm = RoleNormalizer.fit(
+        roles,
+        [
+            (zoo.params(int(r)), t.layout, t.roles, t.fan_in)
+            for m, t in tasks.items()
+            for r in zoo.runs_of_member(m)
+        ],
+    )
+
+    def stream(start):
+        return MemberPairStream(
+            cfg.out, {m: zoo.runs_of_member(m, "train") for m in tasks}, 5, PairConfig(),
+            {m: norm.for_member(t.layout, t.roles, t.fan_in) for m, t in tasks.items()},
+            {m: t.layout for m, t in tasks.items()}, {m: t.symmetries for m, t in tasks.items()},
+            "digits-mlp", seed=3, start_step=start, runs_per_step=2,
+        )  # fmt: skip
+
+    batches = list(itertools.islice(iter(stream(0)), 12))
+    assert len({int(b["member"]) for b in batches}) > 1
+    for b in batches:
+        d = tasks[int(b["member"])].layout.numel
+        assert b["theta_start"].shape == b["theta_future"].shape == (5, d)
+    for x, y in zip(batches[7:], itertools.islice(iter(stream(7)), 5), strict=True):
+        assert int(x["member"]) == int(y["member"])
+        np.testing.assert_array_equal(x["theta_future"].numpy(), y["theta_future"].numpy())
