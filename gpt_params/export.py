@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save
 from gpt_params.critic import MetricCritic
 from gpt_params.diffusion import DiffusionConfig
 from gpt_params.errors import GptParamsError
-from gpt_params.layout import ParamLayout
+from gpt_params.layout import ParamLayout, RolePlan, role_plan
 from gpt_params.model import ModelConfig, ParamDiffusionTransformer
-from gpt_params.normalize import ParamNormalizer
+from gpt_params.normalize import ParamNormalizer, RoleNormalizer
 from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task
 
@@ -27,7 +27,13 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 # or the one the model's learned critic predicts nearest the prompt (nothing measured)
 COMBINE = ("best", "mean", "nearest", "critic")
 # the metadata the optimizer depends on; :func:`export_meta` builds it, :func:`load_export` checks it
-REQUIRED_META = ("task", "layout", "metric", "metric_range", "best_prompt")
+REQUIRED_META = (
+    "task",
+    "layout",
+    "metric",
+    "metric_range",
+    "best_prompt",
+)  # a family's: "family", not "layout"
 
 
 def export_meta(
@@ -35,23 +41,30 @@ def export_meta(
     metric: str,
     final_metric: np.ndarray,
     all_metric: np.ndarray,
+    family: bool = False,
     **extra,
 ) -> dict:
     """The export's contract with :class:`~gpt_params.optimizer.LearnedOptimizer`: the task and its
     layout, the conditioning ``metric``, the range of it the model was trained on (``all_metric``,
     every checkpoint of the training runs) and its best prompt: the value the best 5% of training
     runs end at (``final_metric`` ``(R,)``, where each run ends), reachable unlike the zoo's single best
-    value. ``extra`` (zoo and training summaries) is stored alongside."""
+    value. ``extra`` (zoo and training summaries) is stored alongside. A ``family`` model serves every
+    member of ``task``'s family: its meta names the family's roles (``family``) instead of a layout."""
     if metric not in task.metric_names:
         raise GptParamsError(f"metric {metric!r} is not one of task {task.name!r}'s {task.metric_names}")
     finite = np.isfinite(all_metric)
     if not finite.any():
         raise GptParamsError(f"no finite {metric} value to train on")
     higher = task.higher_is_better(metric)
-    return {
-        "task": task.name,
+    if family and task.family is None:
+        raise GptParamsError(f"{task.name} is one architecture, not a family")
+    where = {"family": list(task.family)} if family else {
         **({"task_options": task.options} if task.options else {}),
         "layout": task.layout.to_json(),
+    }  # fmt: skip
+    return {
+        "task": task.name,
+        **where,
         "metric": metric,
         "metric_range": [float(all_metric[finite].min()), float(all_metric[finite].max())],
         "best_prompt": float(np.nanquantile(final_metric, 0.95 if higher else 0.05)),
@@ -61,14 +74,38 @@ def export_meta(
 
 @dataclass
 class Exported:
-    """A loaded export: the denoiser, how to (de)normalise, and the metadata it was trained with."""
+    """A loaded export: the denoiser, how to (de)normalise, and the metadata it was trained with.
+
+    A family model (``model.family`` set) holds a :class:`RoleNormalizer` and a clamp range per role;
+    :meth:`member` expands them for one member."""
 
     model: ParamDiffusionTransformer
-    normalizer: ParamNormalizer
-    clamp: tuple[torch.Tensor, torch.Tensor] | None  # normalised (low, high) per coordinate
+    normalizer: ParamNormalizer | RoleNormalizer
+    clamp: (
+        tuple[torch.Tensor, torch.Tensor] | None
+    )  # normalised (low, high) per coordinate (family: per role)
     diffusion: DiffusionConfig
     meta: dict  # task, metric, metric_range, best_prompt, zoo and training summaries
     critic: MetricCritic | None = None  # a learned metric predictor (train/critic.py), if fitted
+
+    def member(self, task: Task) -> tuple[ParamNormalizer, tuple | None, RolePlan | None]:
+        """The normaliser, clamp range ``(D,)`` and plan (None for a single-layout model) with which
+        the model samples networks of ``task``, a member of its family."""
+        if self.model.family is None:
+            return self.normalizer, self.clamp, None
+        if (
+            task.name != self.meta["task"]
+            or task.family is None
+            or list(task.family) != list(self.model.family)
+        ):
+            raise GptParamsError(
+                f"{task.label} is not a member of the family this model serves ({self.meta['task']})"
+            )
+        device = self.model.sqrt_abar.device
+        plan = role_plan(task.layout, task.symmetries, task.roles, self.model.family).to(device)
+        norm = self.normalizer.for_member(task.layout, task.roles, task.fan_in)
+        clamp = None if self.clamp is None else (self.clamp[0][plan.role_id], self.clamp[1][plan.role_id])
+        return ParamNormalizer(norm.mean.to(device), norm.std.to(device)), clamp, plan
 
 
 def save_export(
@@ -162,22 +199,33 @@ def load_export(path: str | Path, device: str | torch.device | None = None) -> E
         raise GptParamsError(
             f"{str(path)!r} has export version {meta.get('export_version')}, expected {EXPORT_VERSION}"
         )
-    missing = [k for k in REQUIRED_META if k not in meta]
+    required = [("family" if k == "layout" and "family" in meta else k) for k in REQUIRED_META]
+    missing = [k for k in required if k not in meta]
     if missing:
-        raise GptParamsError(f"{str(cfg_file)!r} lacks {missing}; expected the keys {list(REQUIRED_META)}")
+        raise GptParamsError(f"{str(cfg_file)!r} lacks {missing}; expected the keys {required}")
     try:
         tensors = load_file(str(weights), device="cpu")
         tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     except Exception as e:  # safetensors raises its own error types for corrupt headers/data
         raise GptParamsError(f"{str(weights)!r} is not a readable safetensors file ({e})") from None
     task = export_task(meta)
-    layout = ParamLayout.from_json(meta["layout"])
-    if layout != task.layout:
-        raise GptParamsError(
-            f"{str(path)!r} was trained for layout {layout.describe()}, task has {task.layout.describe()}"
-        )
     diffusion = DiffusionConfig(**meta["diffusion"])
-    model = ParamDiffusionTransformer(layout, task.symmetries, ModelConfig(**meta["model"]), diffusion)
+    if "family" in meta:
+        if task.family is None or list(task.family) != meta["family"]:
+            raise GptParamsError(f"{str(path)!r} serves a {meta['task']} family with roles {meta['family']}; "
+                                 f"the task has {list(task.family or [])}")  # fmt: skip
+        model = ParamDiffusionTransformer(
+            None, (), ModelConfig(**meta["model"]), diffusion, family=task.family
+        )
+        normalizer = RoleNormalizer.from_state(tuple(task.family), tensors)
+    else:
+        layout = ParamLayout.from_json(meta["layout"])
+        if layout != task.layout:
+            raise GptParamsError(
+                f"{str(path)!r} was trained for layout {layout.describe()}, task has {task.layout.describe()}"
+            )
+        model = ParamDiffusionTransformer(layout, task.symmetries, ModelConfig(**meta["model"]), diffusion)
+        normalizer = ParamNormalizer.from_state(tensors)
     _load_module(model, "model", tensors, weights)
     model.eval().to(device or "cpu")
     critic = None
@@ -194,7 +242,7 @@ def load_export(path: str | Path, device: str | torch.device | None = None) -> E
         else None
     )
     meta_only = {k: v for k, v in meta.items() if k not in ("model", "diffusion", "export_version")}
-    return Exported(model, ParamNormalizer.from_state(tensors), clamp, diffusion, meta_only, critic)
+    return Exported(model, normalizer, clamp, diffusion, meta_only, critic)
 
 
 def convert_export(

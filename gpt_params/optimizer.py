@@ -13,6 +13,7 @@ evaluation scripts, ``gpt-params demo`` and validation during training all call 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -253,9 +254,10 @@ class LearnedOptimizer:
         ``(B,)`` and prompts ``(B,)``, on the model's device."""
         exp, task, metric = self.exported, self.task, self.metric_name
         device = self.device
-        z = exp.normalizer.normalize(theta.to(device, torch.float32))
+        normalizer, clamp, plan = exp.member(task)
+        z = normalizer.normalize(theta.to(device, torch.float32))
         out = sample(
-            exp.model,
+            exp.model if plan is None else functools.partial(exp.model, plan=plan),
             exp.diffusion,
             z,
             task.normalize_metric(start_metric.to(device, torch.float32), metric),
@@ -264,9 +266,9 @@ class LearnedOptimizer:
             guidance_scale=guidance_scale,
             sampler=sampler,
             generator=generator,
-            clamp=exp.clamp,
+            clamp=clamp,
         )
-        return exp.normalizer.denormalize(out)
+        return normalizer.denormalize(out)
 
     def _pick(self, candidates: torch.Tensor, prompt: torch.Tensor, combine: str):
         """One network ``(B, D)`` of ``candidates`` ``(B, k, D)`` as ``combine`` says, and the metric

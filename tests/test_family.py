@@ -264,3 +264,46 @@ def test_member_pairs_come_from_one_member_per_batch_and_resume_exactly(tmp_path
     for x, y in zip(batches[7:], itertools.islice(iter(stream(7)), 5), strict=True):
         assert int(x["member"]) == int(y["member"])
         np.testing.assert_array_equal(x["theta_future"].numpy(), y["theta_future"].numpy())
+
+
+def test_a_family_export_round_trips_and_steps_members_it_never_saw(tmp_path):
+    import numpy as np
+
+    from gpt_params.diffusion import DiffusionConfig
+    from gpt_params.export import export_meta, load_export, save_export
+    from gpt_params.model import PRESETS, ParamDiffusionTransformer
+    from gpt_params.normalize import RoleNormalizer
+    from gpt_params.optimizer import LearnedOptimizer
+
+    family_task = get_task("digits-mlp")
+    roles = tuple(family_task.family)
+    members = [get_task("digits-mlp", hidden=h) for h in [(5,), (12, 7)]]
+    norm = RoleNormalizer.fit(
+        roles,
+        [
+            (torch.stack([t.flatten(t.build(s)) for s in range(8)]).numpy(), t.layout, t.roles, t.fan_in)
+            for t in members
+        ],
+    )
+    cfg = PRESETS["tiny"].__class__(**{**PRESETS["tiny"].to_dict(), "tokenizer": "role"})
+    torch.manual_seed(0)
+    model = ParamDiffusionTransformer(None, (), cfg, DiffusionConfig(), family=family_task.family)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    clamp = (torch.full((len(roles),), -4.0), torch.full((len(roles),), 4.0))
+    metric = np.array([[2.3, 0.5], [2.2, 0.4]])
+    meta = export_meta(family_task, "val_loss", metric[:, -1], metric, family=True)
+    assert "layout" not in meta and meta["family"] == list(roles)
+    save_export(tmp_path / "fam", model, norm, clamp, DiffusionConfig(), meta, torch.float16)
+    exp = load_export(tmp_path / "fam")
+    assert exp.model.family is not None and torch.allclose(exp.normalizer.std, norm.std)
+    for hidden in [(3,), (20,), (6, 4)]:  # widths no fit saw
+        member = get_task("digits-mlp", hidden=hidden)
+        opt = LearnedOptimizer(exp, member)
+        net = member.build(1)
+        out = opt.step(net, 0.5, generator=torch.Generator().manual_seed(0))
+        assert [p.shape for p in out.parameters()] == [p.shape for p in net.parameters()]
+        z = exp.member(member)[0].normalize(member.flatten(out))
+        assert z.abs().max() <= 4.0 + 1e-4  # sampled within the clamp range, per role
+    with pytest.raises(Exception, match="not a member of the family"):
+        exp.member(get_task("mnist-mlp"))
