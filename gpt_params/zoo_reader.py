@@ -135,10 +135,14 @@ class Zoo:
         return task_label(self.task, self.task_options)
 
     def make_task(self, data_dir: str | None = None, member: int | None = None) -> Task:
-        """The task of this zoo's networks (of member ``member``'s in a mixed zoo), reading its data from
-        ``data_dir`` or, by default, the directory the zoo was harvested from."""
+        """The task of this zoo's networks (of member ``member``'s in a mixed zoo, else the family's
+        default member), reading its data from ``data_dir`` or, by default, the directory the zoo was
+        harvested from."""
         data_dir = data_dir or self.harvest_config.get("data_dir")
-        options = self.member_options[member] if member is not None else self.task_options
+        if member is not None:
+            options = self.member_options[member]
+        else:  # a mixed zoo: the family's default member, which knows the family
+            options = {} if self.mixed else self.task_options
         return get_task(self.task, **options, **({"data_dir": data_dir} if data_dir else {}))
 
     def _file(self) -> h5py.File:

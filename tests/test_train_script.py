@@ -211,3 +211,34 @@ def test_a_family_member_zoo_trains_exports_and_steps_that_member(tmp_path):
     net = member.build(0)
     stepped = opt.step(net, opt.best_prompt, generator=torch.Generator().manual_seed(0))
     assert [p.shape for p in stepped.parameters()] == [p.shape for p in net.parameters()]
+
+
+def test_a_mixed_zoo_trains_one_family_model_that_steps_any_member(tmp_path):
+    import torch
+
+    from gpt_params.export import load_export
+    from gpt_params.optimizer import LearnedOptimizer
+    from gpt_params.tasks import get_task
+
+    zoo = tmp_path / "mixed.h5"
+    harvest(
+        HarvestConfig(
+            task="digits-mlp", runs=12, ckpts_per_run=4, cohort_size=4, epochs=1, preset="gpt",
+            architectures="mixed", out=str(zoo),
+        )
+    )  # fmt: skip
+    out = tmp_path / "run"
+    run(["--zoo", str(zoo), "--out", str(out), "--max-steps", "2", "--eval-every", "2", *TINY[:-4]])
+    exp = load_export(out)
+    assert exp.model.family is not None and exp.meta["family"][0] == "in_weight" and "layout" not in exp.meta
+    for hidden in [(3,), (7, 5)]:
+        member = get_task("digits-mlp", hidden=hidden)
+        net = member.build(0)
+        stepped = LearnedOptimizer(exp, member).step(
+            net, exp.meta["best_prompt"], generator=torch.Generator()
+        )
+        assert [p.shape for p in stepped.parameters()] == [p.shape for p in net.parameters()]
+    bad = run_script(
+        SCRIPT, "--zoo", zoo, "--out", tmp_path / "x", "--tokenizer", "neuron", "--max-steps", "1"
+    )
+    assert bad.returncode == 1 and "uses the role tokenizer" in bad.stderr

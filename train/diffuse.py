@@ -11,6 +11,7 @@ Writes ``<out>/state/`` (accelerate checkpoints for --resume) and the export ``<
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -33,10 +34,11 @@ from gpt_params.diffusion import DiffusionConfig, diffusion_loss, train_schedule
 from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import prompt_alignment
 from gpt_params.export import Exported, export_meta, save_export
+from gpt_params.layout import role_plan
 from gpt_params.model import PRESETS, ModelConfig, ParamDiffusionTransformer, count_parameters
-from gpt_params.normalize import ParamNormalizer
+from gpt_params.normalize import ParamNormalizer, RoleNormalizer
 from gpt_params.optimizer import LearnedOptimizer
-from gpt_params.pairs import PairConfig, PairStream, best_index
+from gpt_params.pairs import MemberPairStream, PairConfig, PairStream, best_index
 from gpt_params.tasks.base import Task
 from gpt_params.zoo_reader import Zoo
 
@@ -52,7 +54,7 @@ class TrainConfig:
     zoo: str = opt("", "zoo file to train on (train-split runs only)")
     out: str = opt("runs/diffuse", "directory for the export and the accelerate state")
     preset: str = opt("small", f"model size: {', '.join(PRESETS)}")
-    tokenizer: str = opt("", "override the preset's tokenizer: neuron or chunk")
+    tokenizer: str = opt("", "override the preset's tokenizer: neuron or chunk (a mixed zoo: role, always)")
     width: int = opt(0, "override the preset's token width (0: the preset's)")
     depth: int = opt(0, "override the preset's number of transformer blocks (0: the preset's)")
     heads: int = opt(0, "override the preset's attention heads; must divide the width (0: the preset's)")
@@ -115,8 +117,8 @@ def model_config(preset: str, tokenizer: str, width: int, depth: int, heads: int
         fail(f"unknown --preset {preset!r}; expected one of {', '.join(PRESETS)}")
     arch = PRESETS[preset].to_dict()
     if tokenizer:
-        if tokenizer not in ("neuron", "chunk"):
-            fail(f"--tokenizer {tokenizer!r}; expected neuron or chunk")
+        if tokenizer not in ("neuron", "chunk", "role"):
+            fail(f"--tokenizer {tokenizer!r}; expected neuron, chunk or role (mixed zoos)")
         arch["tokenizer"] = tokenizer
     for name, value in (("width", width), ("depth", depth), ("heads", heads)):
         if value < 0:
@@ -167,6 +169,24 @@ def fit_normalizer(zoo: Zoo, rows: np.ndarray, per_tensor: bool, seed: int) -> t
     return norm, (z.min(0).values, z.max(0).values)
 
 
+def fit_role_normalizer(zoo: Zoo, rows: np.ndarray, roles: tuple[str, ...], seed: int):
+    """A mixed zoo's :class:`RoleNormalizer` from 256 train runs of any members, and the normalised
+    range ``(low, high)`` ``(roles,)`` of each role over their checkpoints."""
+    pick = np.sort(np.random.default_rng(seed).choice(rows, size=min(256, len(rows)), replace=False))
+    members = {m: zoo.make_task(member=m) for m in np.unique(zoo.member[pick]).tolist()}
+    samples = [(zoo.params(int(r)), members[int(zoo.member[r])]) for r in pick]  # ((K, D_r), task)
+    norm = RoleNormalizer.fit(roles, [(theta, t.layout, t.roles, t.fan_in) for theta, t in samples])
+    low, high = torch.full((len(roles),), np.inf), torch.full((len(roles),), -np.inf)
+    for theta, t in samples:
+        z = norm.for_member(t.layout, t.roles, t.fan_in).normalize(torch.from_numpy(theta))  # (K, D_r)
+        plan_ids = role_plan(t.layout, t.symmetries, t.roles, t.family).role_id
+        for r in plan_ids.unique().tolist():
+            vals = z[:, plan_ids == r]
+            low[r], high[r] = min(low[r], vals.min()), max(high[r], vals.max())
+    seen = torch.isfinite(low)
+    return norm, (torch.where(seen, low, -10.0), torch.where(seen, high, 10.0))
+
+
 def make_output_loss(
     zoo: Zoo,
     rows: np.ndarray,
@@ -206,9 +226,13 @@ def latest_checkpoint(state_dir: Path) -> tuple[Path, int]:
 
 def make_validate(task: Task, zoo: Zoo, n_nets: int, normalizer, clamp, dcfg, meta) -> Callable:
     """``validate(model) -> R^2``: G.pt's prompt alignment of ``model`` on the first ``n_nets``
-    val-split inits, through :meth:`LearnedOptimizer.step` (5 prompts, DDIM-5, one sample); None
-    without val runs."""
-    rows = zoo.runs("val")[:n_nets]
+    val-split inits (of a mixed zoo: of the member with the most val runs), through
+    :meth:`LearnedOptimizer.step` (5 prompts, DDIM-5, one sample); None without val runs."""
+    rows = zoo.runs("val")
+    if zoo.mixed and len(rows):
+        member = int(np.bincount(zoo.member[rows]).argmax())
+        task, rows = zoo.make_task(member=member), zoo.runs_of_member(member, "val")
+    rows = rows[:n_nets]
     if len(rows) == 0:
         return lambda model: None
     theta = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
@@ -240,7 +264,18 @@ def main() -> None:
         zoo = Zoo(cfg.zoo)
     except GptParamsError as e:
         fail(str(e))
-    task = zoo.make_task()
+    task = zoo.make_task()  # a mixed zoo: the family's default member (it knows the family)
+    if zoo.mixed:
+        if mcfg.tokenizer != "role":
+            if cfg.tokenizer:
+                fail(f"--tokenizer {cfg.tokenizer!r}: a mixed zoo's model uses the role tokenizer")
+            mcfg.tokenizer = "role"
+        if cfg.output_weight:
+            fail("--output-weight: the function-space term is not available for mixed zoos yet")
+    elif mcfg.tokenizer == "role":
+        fail(
+            "--tokenizer role serves a mixed zoo (harvest --architectures mixed); this zoo holds one architecture"
+        )
     metric = cfg.metric or task.objective
     if metric not in zoo.metrics or metric.startswith("test"):
         fail(f"--metric {metric!r} not usable; choose a train/val metric of {sorted(zoo.metrics)}")
@@ -257,14 +292,20 @@ def main() -> None:
     set_seed(cfg.seed)
 
     # -- model: normaliser, denoiser, EMA, optimiser, schedule; resumed state -------------------------
-    normalizer, clamp = fit_normalizer(zoo, train_rows, cfg.normalize == "per_tensor", cfg.seed)
+    if zoo.mixed:
+        normalizer, clamp = fit_role_normalizer(zoo, train_rows, tuple(task.family), cfg.seed)
+    else:
+        normalizer, clamp = fit_normalizer(zoo, train_rows, cfg.normalize == "per_tensor", cfg.seed)
     output_loss = None
     if cfg.output_weight:
         output_loss = make_output_loss(
             zoo, train_rows, task, normalizer, acc.device, cfg.output_probes, cfg.seed
         )
     dcfg = DiffusionConfig(prompt_dropout=cfg.prompt_dropout)
-    model = ParamDiffusionTransformer(task.layout, task.symmetries, mcfg, dcfg)
+    if zoo.mixed:
+        model = ParamDiffusionTransformer(None, (), mcfg, dcfg, family=task.family)
+    else:
+        model = ParamDiffusionTransformer(task.layout, task.symmetries, mcfg, dcfg)
     ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=False)
     scheduler = train_scheduler(dcfg)
     optimizer = torch.optim.AdamW(
@@ -293,7 +334,7 @@ def main() -> None:
         "final_median": {m: float(np.nanmedian(zoo.metrics[m][:, -1])) for m in task.test_metrics if m in zoo.metrics},
     }  # fmt: skip
     meta = export_meta(
-        task, metric, metric_vals[np.arange(len(last)), last], metric_vals,
+        task, metric, metric_vals[np.arange(len(last)), last], metric_vals, family=zoo.mixed,
         zoo={**zoo_summary, "harvest": zoo.harvest_config}, train=asdict(cfg),
         n_model_params=count_parameters(acc.unwrap_model(model)),
     )  # fmt: skip
@@ -305,10 +346,23 @@ def main() -> None:
         )  # fmt: skip
     except GptParamsError as e:
         fail(f"--{str(e).replace('_', '-')}")
-    stream = PairStream(
-        str(zoo.path), train_rows, cfg.batch_size, pair_cfg, normalizer, task.layout, task.symmetries,
-        zoo.task, seed=cfg.seed * 1000 + acc.process_index, start_step=step * cfg.grad_accum,
-    )  # fmt: skip
+    plans = {}
+    if zoo.mixed:  # one member per batch; each member's normaliser, layout and plan
+        members = {m: zoo.make_task(member=m) for m in range(len(zoo.members))}
+        plans = {
+            m: role_plan(t.layout, t.symmetries, t.roles, t.family).to(acc.device) for m, t in members.items()
+        }
+        stream = MemberPairStream(
+            str(zoo.path), {m: zoo.runs_of_member(m, "train") for m in members}, cfg.batch_size, pair_cfg,
+            {m: normalizer.for_member(t.layout, t.roles, t.fan_in) for m, t in members.items()},
+            {m: t.layout for m, t in members.items()}, {m: t.symmetries for m, t in members.items()},
+            zoo.task, seed=cfg.seed * 1000 + acc.process_index, start_step=step * cfg.grad_accum,
+        )  # fmt: skip
+    else:
+        stream = PairStream(
+            str(zoo.path), train_rows, cfg.batch_size, pair_cfg, normalizer, task.layout, task.symmetries,
+            zoo.task, seed=cfg.seed * 1000 + acc.process_index, start_step=step * cfg.grad_accum,
+        )  # fmt: skip
     loader = DataLoader(
         stream, batch_size=None, num_workers=cfg.num_workers, prefetch_factor=4 if cfg.num_workers else None
     )
@@ -334,9 +388,10 @@ def main() -> None:
         t1 = time.perf_counter()
         gen.manual_seed(hash((cfg.seed, acc.process_index, micro)) & 0x7FFFFFFF)
         micro += 1
+        denoiser = model if not plans else functools.partial(model, plan=plans[int(batch["member"])])
         with acc.accumulate(model):
             loss, parts = diffusion_loss(
-                model, scheduler, batch["theta_start"], batch["theta_future"], batch["start_metric"],
+                denoiser, scheduler, batch["theta_start"], batch["theta_future"], batch["start_metric"],
                 batch["prompt"], cfg.prompt_dropout, gen, output_loss, cfg.output_weight,
             )  # fmt: skip
             acc.backward(loss)
