@@ -8,6 +8,8 @@ from gpt_params.layout import permute, random_perms, role_plan
 from gpt_params.tasks import get_task
 from gpt_params.tokenizers import RoleTokenizer
 
+from .conftest import harvest_mixed
+
 MEMBERS = [(4,), (10,), (33,), (24, 12), (5, 40)]
 
 
@@ -177,7 +179,6 @@ def test_a_mixed_zoo_groups_runs_by_member_and_merges(tmp_path):
 def test_mixed_harvest_draws_members_per_cohort_and_never_a_held_out_one(tmp_path):
     import numpy as np
 
-    from gpt_params.harvest import HarvestConfig, harvest
     from gpt_params.tasks.supervised import HELD_OUT_SHAPES, HELD_OUT_WIDTHS, draw_mlp_member
     from gpt_params.zoo_reader import Zoo
 
@@ -187,33 +188,22 @@ def test_mixed_harvest_draws_members_per_cohort_and_never_a_held_out_one(tmp_pat
     assert not any(h[0] in HELD_OUT_WIDTHS for h in draws if len(h) == 1)
     assert not any(h in HELD_OUT_SHAPES for h in draws)
 
-    cfg = HarvestConfig(
-        task="digits-mlp", runs=6, ckpts_per_run=3, cohort_size=2, epochs=1, preset="gpt",
-        architectures="mixed", out=str(tmp_path / "mixed.h5"),
-    )  # fmt: skip
-    harvest(cfg)
-    zoo = Zoo(cfg.out)
+    path = harvest_mixed(tmp_path / "mixed.h5", runs=6, ckpts_per_run=3, cohort_size=2)
+    zoo = Zoo(path)
     assert zoo.mixed and zoo.n_runs == 6 and len(zoo.members) == 3  # three cohorts, three members
     for row in range(zoo.n_runs):
         task = zoo.make_task(member=int(zoo.member[row]))
         assert zoo.params(row).shape == (3, task.layout.numel)
         theta = torch.from_numpy(zoo.checkpoint(row, 2))[None]
         assert np.isclose(task.evaluate(theta)["val_loss"][0], zoo.metrics["val_loss"][row, 2], rtol=1e-4)
-    harvest(cfg)  # a rerun resumes: nothing to add
-    assert Zoo(cfg.out).n_runs == 6
+    harvest_mixed(path, runs=6, ckpts_per_run=3, cohort_size=2)  # a rerun resumes: nothing to add
+    assert Zoo(path).n_runs == 6
 
 
 def test_zoo_info_reports_a_mixed_zoo_per_architecture(tmp_path, capsys):
     from gpt_params.cli import main
-    from gpt_params.harvest import HarvestConfig, harvest
 
-    out = tmp_path / "mixed.h5"
-    harvest(
-        HarvestConfig(
-            task="digits-mlp", runs=4, ckpts_per_run=2, cohort_size=2, epochs=1, preset="gpt",
-            architectures="mixed", out=str(out),
-        )
-    )  # fmt: skip
+    out = harvest_mixed(tmp_path / "mixed.h5", runs=4, ckpts_per_run=2, cohort_size=2)
     assert main(["zoo", "info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "task digits-mlp family (2 architectures)" in text and "final val_loss" in text
@@ -226,17 +216,14 @@ def test_member_pairs_come_from_one_member_per_batch_and_resume_exactly(tmp_path
 
     import numpy as np
 
-    from gpt_params.harvest import HarvestConfig, harvest
     from gpt_params.normalize import RoleNormalizer
     from gpt_params.pairs import MemberPairStream, PairConfig
     from gpt_params.zoo_reader import Zoo
 
-    cfg = HarvestConfig(
-        task="digits-mlp", runs=9, ckpts_per_run=3, cohort_size=3, epochs=1, preset="gpt", val_frac=0,
-        test_frac=0, architectures="mixed", out=str(tmp_path / "mixed.h5"),
-    )  # fmt: skip
-    harvest(cfg)
-    zoo = Zoo(cfg.out)
+    path = harvest_mixed(
+        tmp_path / "mixed.h5", runs=9, ckpts_per_run=3, cohort_size=3, val_frac=0, test_frac=0
+    )
+    zoo = Zoo(path)
     tasks = {m: zoo.make_task(member=m) for m in range(len(zoo.members))}
     roles = tuple(tasks[0].family)
     norm = RoleNormalizer.fit(
@@ -250,7 +237,7 @@ def test_member_pairs_come_from_one_member_per_batch_and_resume_exactly(tmp_path
 
     def stream(start):
         return MemberPairStream(
-            cfg.out, {m: zoo.runs_of_member(m, "train") for m in tasks}, 5, PairConfig(),
+            str(path), {m: zoo.runs_of_member(m, "train") for m in tasks}, 5, PairConfig(),
             {m: norm.for_member(t.layout, t.roles, t.fan_in) for m, t in tasks.items()},
             {m: t.layout for m, t in tasks.items()}, {m: t.symmetries for m, t in tasks.items()},
             "digits-mlp", seed=3, start_step=start, runs_per_step=2,

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from gpt_params.harvest import HarvestConfig, harvest
 
-from .conftest import accelerate_launch, repo_root, run_script
+from .conftest import accelerate_launch, harvest_mixed, repo_root, run_script
 
 SCRIPT = str(repo_root() / "train" / "diffuse.py")
 TINY = [
@@ -147,7 +147,7 @@ def test_bad_pair_option_is_a_one_line_error(zoo, tmp_path):
     [
         (["--width", "50", "--heads", "4"], "width 50 is not divisible by 4 heads"),
         (["--depth", "-2"], "--depth -2; expected a positive integer"),
-        (["--tokenizer", "pixel"], "--tokenizer 'pixel'; expected neuron or chunk"),
+        (["--tokenizer", "pixel"], "--tokenizer 'pixel'; expected neuron, chunk or role"),
         (["--output-weight", "-1"], "--output-weight -1.0 / --output-probes 256; expected a weight >= 0"),
         (
             ["--output-weight", "1", "--output-probes", "100000"],
@@ -220,13 +220,7 @@ def test_a_mixed_zoo_trains_one_family_model_that_steps_any_member(tmp_path):
     from gpt_params.optimizer import LearnedOptimizer
     from gpt_params.tasks import get_task
 
-    zoo = tmp_path / "mixed.h5"
-    harvest(
-        HarvestConfig(
-            task="digits-mlp", runs=12, ckpts_per_run=4, cohort_size=4, epochs=1, preset="gpt",
-            architectures="mixed", out=str(zoo),
-        )
-    )  # fmt: skip
+    zoo = harvest_mixed(tmp_path / "mixed.h5", runs=12, ckpts_per_run=4, cohort_size=4)
     out = tmp_path / "run"
     run(["--zoo", str(zoo), "--out", str(out), "--max-steps", "2", "--eval-every", "2", *TINY[:-4]])
     exp = load_export(out)
