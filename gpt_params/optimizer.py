@@ -120,7 +120,7 @@ class LearnedOptimizer:
         no data or rollouts (compare :meth:`measure`)."""
         if not self.has_critic:
             raise GptParamsError(NO_CRITIC)
-        theta, _ = self._to_batch(params)
+        theta, _, _ = self._to_batch(params)
         return self.exported.critic.predict(theta).numpy()
 
     # -- public API ------------------------------------------------------------------------------
@@ -140,6 +140,7 @@ class LearnedOptimizer:
         clamp_prompt: bool = True,
         target_error: float | Sequence[float] | torch.Tensor | None = None,
         target_return: float | Sequence[float] | torch.Tensor | None = None,
+        hidden: int | Sequence[int] | None = None,
     ):
         """One G.pt update of ``params`` toward the prompted metric; returns the same kind as ``params``.
 
@@ -159,11 +160,14 @@ class LearnedOptimizer:
         ``guidance_scale``, ``num_samples`` and ``combine`` default to the model's
         :attr:`default_guidance`, :attr:`default_samples` and :attr:`default_combine`; ``sampler`` is
         ``"ddim"`` or ``"ddpm"`` with ``num_inference_steps`` steps.
+
+        A model of an architecture family (:attr:`family`) takes any member: a module or state dict
+        is read for its widths; a flat vector needs them named, ``hidden=(64, 32)``.
         """
-        theta, rebuild = self._to_batch(params)  # (B, D)
+        theta, rebuild, task = self._to_batch(params, hidden)  # (B, D)
         prompt = self._prompt(target_loss, target_error, target_return, len(theta), clamp_prompt)
         kw = self._sampling(num_inference_steps, guidance_scale, num_samples, combine, sampler)
-        return rebuild(self._step(theta, prompt, current_loss, generator, **kw))
+        return rebuild(self._step(theta, prompt, current_loss, generator, task, **kw))
 
     def optimize(
         self,
@@ -181,33 +185,34 @@ class LearnedOptimizer:
         clamp_prompt: bool = True,
         target_error: float | Sequence[float] | torch.Tensor | None = None,
         target_return: float | Sequence[float] | torch.Tensor | None = None,
+        hidden: int | Sequence[int] | None = None,
     ):
         """Recursive prompting: ``steps`` updates, each fed the previous output and its measured metric
         (``current_loss``, when given, is the metric of ``params`` and saves measuring it once)."""
         if not isinstance(steps, int) or steps < 1:
             raise GptParamsError(f"steps must be a positive integer, got {steps!r}")
-        theta, rebuild = self._to_batch(params)
+        theta, rebuild, task = self._to_batch(params, hidden)
         prompt = self._prompt(target_loss, target_error, target_return, len(theta), clamp_prompt)
         kw = self._sampling(num_inference_steps, guidance_scale, num_samples, combine, sampler)
         for i in range(steps):
-            theta = self._step(theta, prompt, current_loss if i == 0 else None, generator, **kw)
+            theta = self._step(theta, prompt, current_loss if i == 0 else None, generator, task, **kw)
         return rebuild(theta)
 
-    def vectors(self, params) -> torch.Tensor:
+    def vectors(self, params, hidden: int | Sequence[int] | None = None) -> torch.Tensor:
         """The flat parameter vectors ``(B, D)`` of ``params`` in the task's layout, matched as
         :meth:`step` matches them (by name, else by position)."""
-        return self._to_batch(params)[0]
+        return self._to_batch(params, hidden)[0]
 
-    def measure(self, params) -> np.ndarray:
+    def measure(self, params, hidden: int | Sequence[int] | None = None) -> np.ndarray:
         """The model's metric (:attr:`metric_name`) of each network in ``params``, shape ``(B,)``."""
-        theta, _ = self._to_batch(params)
-        return self._measure(theta)
+        theta, _, task = self._to_batch(params, hidden)
+        return self._measure(theta, task)
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _measure(self, theta: torch.Tensor) -> np.ndarray:
+    def _measure(self, theta: torch.Tensor, task: Task) -> np.ndarray:
         """Tasks score on the CPU, where their data and environments live."""
-        return np.asarray(self.task.evaluate_only(theta.cpu(), (self.metric_name,))[self.metric_name])
+        return np.asarray(task.evaluate_only(theta.cpu(), (self.metric_name,))[self.metric_name])
 
     def _sampling(self, num_inference_steps, guidance_scale, num_samples, combine, sampler) -> dict:
         """The sampling settings of a call, the model's defaults filled in, each checked."""
@@ -249,10 +254,11 @@ class LearnedOptimizer:
         guidance_scale: float,
         sampler: str,
         generator: torch.Generator | None,
+        task: Task,
     ) -> torch.Tensor:
-        """One draw of raw parameters ``(B, D)`` per row of raw ``theta`` ``(B, D)``, raw metrics
-        ``(B,)`` and prompts ``(B,)``, on the model's device."""
-        exp, task, metric = self.exported, self.task, self.metric_name
+        """One draw of raw parameters ``(B, D)`` per row of raw ``theta`` ``(B, D)`` (networks of
+        ``task``), raw metrics ``(B,)`` and prompts ``(B,)``, on the model's device."""
+        exp, metric = self.exported, self.metric_name
         device = self.device
         normalizer, clamp, plan = exp.member(task)
         z = normalizer.normalize(theta.to(device, torch.float32))
@@ -270,7 +276,7 @@ class LearnedOptimizer:
         )
         return normalizer.denormalize(out)
 
-    def _pick(self, candidates: torch.Tensor, prompt: torch.Tensor, combine: str):
+    def _pick(self, candidates: torch.Tensor, prompt: torch.Tensor, combine: str, task: Task):
         """One network ``(B, D)`` of ``candidates`` ``(B, k, D)`` as ``combine`` says, and the metric
         ``(B, k)`` it chose by (measured, or the critic's prediction; None for ``"mean"``)."""
         b, k, d = candidates.shape
@@ -279,7 +285,7 @@ class LearnedOptimizer:
         if combine == "critic":
             metrics = self.exported.critic.predict(candidates.reshape(b * k, d)).reshape(b, k).numpy()
         else:
-            metrics = self._measure(candidates.reshape(b * k, d)).reshape(b, k)
+            metrics = self._measure(candidates.reshape(b * k, d), task).reshape(b, k)
         if combine in ("critic", "nearest"):
             pick = np.abs(metrics - prompt.cpu().numpy()[:, None]).argmin(-1)  # (B,)
         else:
@@ -293,17 +299,18 @@ class LearnedOptimizer:
         prompt: torch.Tensor,
         current_loss,
         generator: torch.Generator | None,
+        task: Task,
         num_inference_steps: int,
         guidance_scale: float,
         num_samples: int,
         combine: str,
         sampler: str,
     ) -> torch.Tensor:
-        """One update of ``theta`` ``(B, D)``; returns ``(B, D)`` on the model's device."""
+        """One update of ``theta`` ``(B, D)``, networks of ``task``; returns ``(B, D)`` on the model's device."""
         b, k = len(theta), num_samples
         t0 = time.perf_counter()
         if current_loss is None:
-            start = torch.as_tensor(self._measure(theta), dtype=torch.float32)
+            start = torch.as_tensor(self._measure(theta, task), dtype=torch.float32)
         else:
             start = self._per_network(current_loss, b, "current_loss")
         t1 = time.perf_counter()
@@ -315,11 +322,12 @@ class LearnedOptimizer:
             guidance_scale,
             sampler,
             generator,
+            task,
         ).reshape(b, k, -1)  # (B, k, D)
         t2 = time.perf_counter()
         metrics = None
         if k > 1:
-            out, metrics = self._pick(out, prompt, combine)
+            out, metrics = self._pick(out, prompt, combine, task)
         else:
             out = out[:, 0]
         self.last_report = StepReport(
@@ -389,7 +397,23 @@ class LearnedOptimizer:
         lo, hi = self.metric_range
         return (lo, self.best_prompt) if self.higher_is_better else (self.best_prompt, hi)
 
-    def _to_batch(self, params):
-        """``params`` -> ``(B, D)`` float tensor on the input's device and a function turning a result
-        back into the input's kind, names, dtype and device (:func:`gpt_params.networks.as_batch`)."""
-        return as_batch(params, self.task.layout, self.task.describe_network())
+    @property
+    def family(self) -> bool:
+        """Whether the model serves a whole architecture family (any member of :attr:`task`'s)."""
+        return self.exported.model.family is not None
+
+    def _to_batch(self, params, hidden=None):
+        """``params`` -> ``(B, D)`` float tensor on the input's device, a function turning a result
+        back into the input's kind, names, dtype and device (:func:`gpt_params.networks.as_batch`),
+        and the task (family member) the networks are."""
+        if hidden is not None and not self.family:
+            raise GptParamsError(f"hidden={hidden!r}: this model serves one architecture, {self.task.label}")
+        task = (
+            self.task
+            if not self.family
+            else self.task.member(hidden)
+            if hidden is not None
+            else self.task.member_of(params)
+        )
+        theta, rebuild = as_batch(params, task.layout, task.describe_network())
+        return theta, rebuild, task

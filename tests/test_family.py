@@ -253,14 +253,15 @@ def test_member_pairs_come_from_one_member_per_batch_and_resume_exactly(tmp_path
         np.testing.assert_array_equal(x["theta_future"].numpy(), y["theta_future"].numpy())
 
 
-def test_a_family_export_round_trips_and_steps_members_it_never_saw(tmp_path):
+@pytest.fixture(scope="module")
+def family_export(tmp_path_factory):
+    """A randomly initialised tiny family model for digits-mlp, exported at half precision."""
     import numpy as np
 
     from gpt_params.diffusion import DiffusionConfig
-    from gpt_params.export import export_meta, load_export, save_export
+    from gpt_params.export import export_meta, save_export
     from gpt_params.model import PRESETS, ParamDiffusionTransformer
     from gpt_params.normalize import RoleNormalizer
-    from gpt_params.optimizer import LearnedOptimizer
 
     family_task = get_task("digits-mlp")
     roles = tuple(family_task.family)
@@ -281,8 +282,17 @@ def test_a_family_export_round_trips_and_steps_members_it_never_saw(tmp_path):
     metric = np.array([[2.3, 0.5], [2.2, 0.4]])
     meta = export_meta(family_task, "val_loss", metric[:, -1], metric, family=True)
     assert "layout" not in meta and meta["family"] == list(roles)
-    save_export(tmp_path / "fam", model, norm, clamp, DiffusionConfig(), meta, torch.float16)
-    exp = load_export(tmp_path / "fam")
+    out = tmp_path_factory.mktemp("fam") / "fam"
+    save_export(out, model, norm, clamp, DiffusionConfig(), meta, torch.float16)
+    return out, norm
+
+
+def test_a_family_export_round_trips_and_steps_members_it_never_saw(family_export):
+    from gpt_params.export import load_export
+    from gpt_params.optimizer import LearnedOptimizer
+
+    path, norm = family_export
+    exp = load_export(path)
     assert exp.model.family is not None and torch.allclose(exp.normalizer.std, norm.std)
     for hidden in [(3,), (20,), (6, 4)]:  # widths no fit saw
         member = get_task("digits-mlp", hidden=hidden)
@@ -294,3 +304,70 @@ def test_a_family_export_round_trips_and_steps_members_it_never_saw(tmp_path):
         assert z.abs().max() <= 4.0 + 1e-4  # sampled within the clamp range, per role
     with pytest.raises(Exception, match="not a member of the family"):
         exp.member(get_task("mnist-mlp"))
+
+
+def test_a_family_model_takes_any_member_in_any_form(family_export):
+    from torch import nn
+
+    from gpt_params.optimizer import LearnedOptimizer
+
+    opt = LearnedOptimizer.from_pretrained(family_export[0])
+    assert opt.family
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    seq = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 9), nn.ReLU(), nn.Linear(9, 6), nn.ReLU(), nn.Linear(6, 10)
+    )
+    out = opt.step(seq, 0.5, generator=g())
+    assert isinstance(out, nn.Sequential) and out[3].weight.shape == (6, 9)
+    member = get_task("digits-mlp", hidden=(9, 6))
+    theta = member.flatten(member.build(0))
+    same = member.to_module(theta)
+    by_module = opt.step(same, 0.5, generator=g())
+    by_state = opt.step(dict(same.state_dict()), 0.5, generator=g())
+    by_vector = opt.step(theta, 0.5, generator=g(), hidden=(9, 6))
+    assert torch.equal(member.flatten(by_module), member.layout.flatten(by_state))
+    assert torch.equal(member.flatten(by_module), by_vector)
+    assert opt.measure(same).shape == (1,)
+
+
+@pytest.mark.parametrize(
+    "net,message",
+    [
+        (
+            lambda nn: nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4, 10)),
+            "a Conv2d is not part of the digits-mlp family",
+        ),
+        (
+            lambda nn: nn.Sequential(*[nn.Linear(a, b) for a, b in [(64, 8), (8, 8), (8, 8), (8, 10)]]),
+            "hidden=\\(8, 8, 8\\) is not a member of the digits-mlp family",
+        ),
+        (
+            lambda nn: nn.Sequential(nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 5)),
+            "a net 64 -> ... -> 5 is not a member of the digits-mlp family",
+        ),
+        (
+            lambda nn: nn.Sequential(nn.Linear(64, 12), nn.Tanh(), nn.Linear(12, 10)),
+            "a Tanh is not part of the digits-mlp family",
+        ),
+        (lambda nn: torch.zeros(1210), "a flat vector does not say which member of digits-mlp"),
+    ],
+)
+def test_non_members_are_refused_naming_the_family(family_export, net, message):
+    from torch import nn
+
+    from gpt_params.errors import GptParamsError
+    from gpt_params.optimizer import LearnedOptimizer
+
+    opt = LearnedOptimizer.from_pretrained(family_export[0])
+    with pytest.raises(GptParamsError, match=message):
+        opt.step(net(nn), 0.5)
+
+
+def test_a_single_architecture_model_refuses_a_member_name():
+    from gpt_params.errors import GptParamsError
+    from gpt_params.optimizer import LearnedOptimizer
+
+    opt = LearnedOptimizer.from_pretrained("digits-mlp-loss")
+    assert not opt.family
+    with pytest.raises(GptParamsError, match="this model serves one architecture, digits-mlp"):
+        opt.step(opt.task.build(0), 0.3, hidden=(16,))

@@ -90,6 +90,11 @@ class Task(ABC):
     roles: dict[str, str] = {}
     fan_in: dict[str, int] = {}
 
+    def member_of(self, params) -> Task:
+        """The member of this task's architecture family that ``params`` is: the task itself unless it
+        is a family (:class:`~gpt_params.tasks.supervised.SupervisedTask` MLPs)."""
+        return self
+
     @property
     def label(self) -> str:
         """The name, with the member options where they are not the default: ``mnist-mlp hidden=[32]``."""

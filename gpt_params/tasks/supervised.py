@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 
 import numpy as np
@@ -199,6 +199,19 @@ class SupervisedTask(Task):
         torch.manual_seed(seed)  # PyTorch default init, reproducible from the seed
         return self._factory()
 
+    def member(self, hidden: int | Sequence[int]) -> SupervisedTask:
+        """The member of this task's family with ``hidden`` widths, sharing this task's data."""
+        if self.family is None:
+            raise TaskError(f"{self.name} is one architecture, not a family of them")
+        return self._member_factory(hidden=hidden, data=self.__dict__.get("data"))
+
+    def member_of(self, params) -> SupervisedTask:
+        """The family member ``params`` is (a module, a state dict, or a list of them, one member),
+        read from its tensors' shapes; a :class:`TaskError` naming the family for anything else."""
+        if self.family is None:
+            return self
+        return self.member(mlp_member_of(self.name, self.family["in_weight"].features, params))
+
     def draw_member(self, rng: np.random.Generator) -> SupervisedTask:
         """A member of this task's family drawn from the ``--architectures mixed`` distribution, sharing
         this task's data."""
@@ -333,6 +346,44 @@ class SupervisedTask(Task):
             theta, splits=tuple(s for s in SPLITS if {f"{s}_loss", f"{s}_error"} & set(names))
         )
         return {m: out[m] for m in names if m in out}
+
+
+MEMBER_MODULES = (nn.Linear, nn.ReLU, nn.Flatten, nn.Sequential, MLP)  # what an MLP family member is built of
+
+
+def mlp_member_of(family: str, n_in: int, params, n_out: int = 10) -> tuple[int, ...]:
+    """The hidden widths of the MLP ``params`` (a module, a state dict, or a list of them, all one
+    member), checked to be a member of ``family`` (``n_in`` -> h1 (-> h2) -> ``n_out``, ReLU)."""
+    what = (
+        f"members of {family} are ReLU MLPs {n_in} -> h1 (-> h2) -> {n_out} built of Linear, ReLU and Flatten"
+    )
+    if isinstance(params, (list, tuple)) and params:
+        found = {mlp_member_of(family, n_in, p, n_out) for p in params}
+        if len(found) > 1:
+            raise TaskError(f"one call updates one member of {family}; got {sorted(found)}")
+        return found.pop()
+    if isinstance(params, nn.Module):
+        other = [type(m).__name__ for m in params.modules() if not isinstance(m, MEMBER_MODULES)]
+        if other:
+            raise TaskError(f"a {other[0]} is not part of the {family} family: {what}")
+        tensors = [p for _, p in params.named_parameters()]
+    elif isinstance(params, Mapping):
+        tensors = [v for v in params.values() if torch.is_tensor(v)]
+    else:
+        raise TaskError(
+            f"a flat vector does not say which member of {family} it is; name it with hidden=(...) ({what})"
+        )
+    weights = [t for t in tensors if t.dim() == 2]
+    if len(weights) != len(tensors) // 2 or len(weights) < 2 or any(t.dim() > 2 for t in tensors):
+        shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+        raise TaskError(
+            f"tensors of shapes {shapes or 'none'} are not a member of the {family} family: {what}"
+        )
+    if weights[0].shape[1] != n_in or weights[-1].shape[0] != n_out:
+        raise TaskError(
+            f"a net {weights[0].shape[1]} -> ... -> {weights[-1].shape[0]} is not a member of the {family} family: {what}"
+        )
+    return mlp_hidden(family, tuple(int(w.shape[0]) for w in weights[:-1]))
 
 
 # ``gpt-params harvest --architectures mixed`` over an MLP family: each cohort draws one member, with
