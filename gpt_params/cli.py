@@ -251,6 +251,11 @@ def add_optimize_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random init and of the sampler")
     p.add_argument("--init", help="safetensors state dict to start from instead of a random init")
+    p.add_argument(
+        "--hidden",
+        help="a family model (MLPs): the member's hidden widths, 32 or 64,32 (default: read from --init, "
+        "else the family's default member)",
+    )
     p.add_argument("--steps", type=int, default=1, help="recursive G.pt steps")
     p.add_argument("--sampler-steps", type=int, default=5, help="diffusion sampler steps per update")
     p.add_argument(
@@ -294,6 +299,19 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         )
     if args.out is not None and not args.out.endswith(".safetensors"):
         raise GptParamsError(f"--out {args.out!r} must end in .safetensors")
+    task = opt.task
+    if args.hidden is not None:
+        if not opt.family:
+            raise GptParamsError(
+                f"--hidden {args.hidden!r}: model {args.model!r} serves one architecture, {task.label}"
+            )
+        try:
+            widths = tuple(int(w) for w in args.hidden.split(","))
+        except ValueError:
+            raise GptParamsError(
+                f"--hidden {args.hidden!r}: expected hidden widths separated by commas, e.g. 32 or 64,32"
+            ) from None
+        task = task.member(widths)
     if args.init is not None:
         if not Path(args.init).is_file():
             raise GptParamsError(f"--init {args.init!r} does not exist; expected a safetensors state dict")
@@ -301,9 +319,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             state = load_file(args.init)
         except Exception as e:  # safetensors raises its own error types for corrupt files
             raise GptParamsError(f"--init {args.init!r} is not a readable safetensors file ({e})") from None
-        net = opt.task.to_module(opt.vectors(state)[0])  # any names, the task's shapes in its order
+        if opt.family and args.hidden is None:
+            task = task.member_of(state)
+        net = task.to_module(opt.vectors(state, hidden=task.options.get("hidden") if opt.family else None)[0])
     else:
-        net = opt.task.build(args.seed)
+        net = task.build(args.seed)
     target = opt.best_prompt if args.target is None else args.target
     before = float(opt.measure(net)[0])
     t0 = time.perf_counter()
@@ -321,14 +341,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     after = float(opt.measure(new)[0])
     name = opt.metric_name
-    line = f"{opt.task.name}: {name} {before:.4g} -> {after:.4g} (prompt {target:.4g}) in {seconds:.2f} s"
-    if opt.task.test_metrics:  # data no model conditioned on
-        both = torch.stack([opt.task.flatten(net), opt.task.flatten(new)])  # (2, D)
-        test = opt.task.evaluate_only(both, opt.task.test_metrics)
+    line = f"{task.label}: {name} {before:.4g} -> {after:.4g} (prompt {target:.4g}) in {seconds:.2f} s"
+    if task.test_metrics:  # data no model conditioned on
+        both = torch.stack([task.flatten(net), task.flatten(new)])  # (2, D)
+        test = task.evaluate_only(both, task.test_metrics)
         fmt = {"error": "{:.2%}"}
         parts = []
-        for m in opt.task.test_metrics:
-            f = fmt.get(opt.task.metric_kind(m), "{:.4g}")
+        for m in task.test_metrics:
+            f = fmt.get(task.metric_kind(m), "{:.4g}")
             parts.append(f"{m.replace('_', ' ')} {f.format(test[m][0])} -> {f.format(test[m][1])}")
         line += "; " + ", ".join(parts)
     print(line)

@@ -371,3 +371,25 @@ def test_a_single_architecture_model_refuses_a_member_name():
     assert not opt.family
     with pytest.raises(GptParamsError, match="this model serves one architecture, digits-mlp"):
         opt.step(opt.task.build(0), 0.3, hidden=(16,))
+
+
+def test_cli_optimize_takes_a_member_by_hidden_or_by_its_init(family_export, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from gpt_params.cli import main
+
+    model = str(family_export[0])
+    out = tmp_path / "net.safetensors"
+    assert main(["optimize", "--model", model, "--hidden", "6,4", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("digits-mlp hidden=[6,4]: val_loss ")
+    assert load_file(out)["fc2.weight"].shape == (4, 6)
+    assert main(["optimize", "--model", model, "--init", str(out)]) == 0  # the member read off the file
+    assert capsys.readouterr().out.startswith("digits-mlp hidden=[6,4]: val_loss ")
+    for args, message in [
+        (["--model", model, "--hidden", "6,x"], "--hidden '6,x': expected hidden widths separated by commas"),
+        (["--model", model, "--hidden", "300"], "hidden=\\(300,\\) is not a member of the digits-mlp family"),
+        (["--model", "digits-mlp-loss", "--hidden", "8"], "serves one architecture, digits-mlp"),
+    ]:
+        assert main(["optimize", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and __import__("re").search(message, err), err
