@@ -102,7 +102,7 @@ def main() -> None:
     report = {
         "model": str(a.model),
         "zoo": a.zoo,
-        "nets": len(rows),
+        "nets": len(theta0),
         "split": a.split,
         "prompts": a.prompts,
         "metric": metric,
@@ -149,7 +149,7 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             m = task.evaluate(theta.cpu())
             key = "one_step" if r == 1 else f"step_{r}"
-            row[f"{key}_seconds_per_net"] = seconds / len(rows)
+            row[f"{key}_seconds_per_net"] = seconds / len(theta0)
             for name, v in m.items():
                 row[f"{key}_{name}_median"] = float(np.median(v))
         row["r2_per_net"] = align["r2_per_net"]

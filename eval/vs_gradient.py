@@ -65,13 +65,13 @@ def main() -> None:
         theta0, prompt, num_inference_steps=a.sampler_steps, guidance_scale=a.guidance,
         num_samples=a.samples, combine=a.combine, generator=torch.Generator().manual_seed(a.seed),
     )  # fmt: skip
-    gpt_seconds = (time.perf_counter() - t0) / len(rows)
+    gpt_seconds = (time.perf_counter() - t0) / len(theta0)
     gpt = task.evaluate(new, splits=("val", "test"))
     start = task.evaluate(theta0, splits=("test",))
     report = {
         "model": str(a.model),
         "zoo": a.zoo,
-        "nets": len(rows),
+        "nets": len(theta0),
         "split": a.split,
         "prompt": prompt,
         "date": utc_now(),

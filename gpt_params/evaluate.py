@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from gpt_params.errors import GptParamsError
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.tasks.base import Baseline, BaselineConfig, Task
 from gpt_params.zoo_reader import Zoo
@@ -150,17 +151,45 @@ def load_unseen(
     split: str = "test",
     device: str | None = None,
     data_dir: str | None = None,
+    hidden: tuple[int, ...] | None = None,
 ) -> tuple[LearnedOptimizer, Zoo, np.ndarray, torch.Tensor]:
     """The model, the zoo, the first ``nets`` rows of ``split`` (runs no model trained on the zoo saw)
     and their inits ``(N, D)``; a :class:`~gpt_params.errors.GptParamsError` for a missing model, a
     zoo of another task or too few runs. The task reads its data from ``data_dir``, else from the
-    directory the zoo was harvested from (if any)."""
+    directory the zoo was harvested from (if any).
+
+    A family model is bound to one member: ``hidden``, else the member a single-architecture zoo
+    holds. A member a mixed zoo holds gives its ``split`` runs' inits; one it never held (a held-out
+    architecture) gives fresh inits (``Task.unseen_inits``) and no rows."""
     zoo = Zoo(zoo_path)
     data_dir = data_dir or zoo.harvest_config.get("data_dir")
     opt = LearnedOptimizer.from_pretrained(
         model, device=device, **({"data_dir": data_dir} if data_dir else {})
     )
-    zoo.require_task(opt.task)
-    rows = zoo.unseen_runs(nets, split)  # a ZooError for an empty split or nets < 1
+    if hidden is not None and not opt.family:
+        raise GptParamsError(f"--hidden {hidden}: model {model!r} serves one architecture, {opt.task.label}")
+    if opt.family:
+        if hidden is None and zoo.mixed:
+            raise GptParamsError(f"{zoo.label}: name the member to evaluate with --hidden")
+        member = opt.task.member(hidden) if hidden is not None else zoo.make_task(data_dir)
+        opt = LearnedOptimizer(opt.exported, member)
+    if zoo.mixed:
+        if zoo.task != opt.task.name:
+            raise GptParamsError(
+                f"zoo {zoo_path!r} is a {zoo.label!r} zoo; the model is for {opt.task.name!r}"
+            )
+        held = [m for m, o in enumerate(zoo.member_options) if o == opt.task.options]
+        if not held:  # an architecture the zoo never held: fresh inits
+            if nets < 1:
+                raise GptParamsError(f"--nets {nets}: expected at least 1")
+            return opt, zoo, np.zeros(0, np.int64), opt.task.unseen_inits(nets)
+        rows = zoo.runs_of_member(held[0], split)[:nets]
+        if nets < 1 or len(rows) == 0:
+            raise GptParamsError(
+                f"{zoo.label} has no {split}-split runs of {opt.task.label} (asked for {nets})"
+            )
+    else:
+        zoo.require_task(opt.task)
+        rows = zoo.unseen_runs(nets, split)  # a ZooError for an empty split or nets < 1
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
     return opt, zoo, rows, theta0

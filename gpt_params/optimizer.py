@@ -408,12 +408,26 @@ class LearnedOptimizer:
         and the task (family member) the networks are."""
         if hidden is not None and not self.family:
             raise GptParamsError(f"hidden={hidden!r}: this model serves one architecture, {self.task.label}")
-        task = (
-            self.task
-            if not self.family
-            else self.task.member(hidden)
-            if hidden is not None
-            else self.task.member_of(params)
-        )
+        if not self.family or (hidden is None and _flat(params)):
+            task = self.task  # a flat vector is a network of the bound member (``task``)
+            if self.family and _numel(params) != task.layout.numel:
+                raise GptParamsError(
+                    f"a flat vector of {_numel(params)} values is not a {task.label} network "
+                    f"({task.layout.numel}); name its member of {task.name} with hidden=(...)"
+                )
+        else:
+            task = self.task.member(hidden) if hidden is not None else self.task.member_of(params)
         theta, rebuild = as_batch(params, task.layout, task.describe_network())
         return theta, rebuild, task
+
+
+def _flat(params) -> bool:
+    """Whether ``params`` are flat vectors (a tensor, or a list of them) rather than modules or state dicts."""
+    if isinstance(params, (list, tuple)):
+        return bool(params) and all(torch.is_tensor(p) for p in params)
+    return torch.is_tensor(params)
+
+
+def _numel(params) -> int:
+    first = params[0] if isinstance(params, (list, tuple)) else params
+    return int(first.shape[-1])

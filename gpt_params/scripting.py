@@ -45,6 +45,12 @@ def add_unseen_arguments(p: argparse.ArgumentParser, nets_help: str) -> None:
         default=None,
         help="the task's data directory (default: the one the zoo was harvested from)",
     )
+    p.add_argument(
+        "--hidden",
+        default=None,
+        help="a family model: the member to evaluate, hidden widths 32 or 64,32 (one a mixed zoo never "
+        "held starts from fresh inits; default: the member a single-architecture zoo holds)",
+    )
 
 
 def unseen_or_exit(
@@ -53,6 +59,12 @@ def unseen_or_exit(
     """:func:`gpt_params.evaluate.load_unseen` for the flags of :func:`add_unseen_arguments`; bad input
     (a missing model, a zoo of another task, too few runs) exits with a one-line error."""
     try:
-        return load_unseen(a.model, a.zoo, a.nets, a.split, device, a.data_dir)
+        hidden = None if a.hidden is None else tuple(int(w) for w in a.hidden.split(","))
+    except ValueError:
+        raise fail(
+            f"--hidden {a.hidden!r}: expected hidden widths separated by commas, e.g. 32 or 64,32"
+        ) from None
+    try:
+        return load_unseen(a.model, a.zoo, a.nets, a.split, device, a.data_dir, hidden)
     except GptParamsError as e:
         raise fail(str(e)) from None

@@ -349,7 +349,10 @@ def test_a_family_model_takes_any_member_in_any_form(family_export):
             lambda nn: nn.Sequential(nn.Linear(64, 12), nn.Tanh(), nn.Linear(12, 10)),
             "a Tanh is not part of the digits-mlp family",
         ),
-        (lambda nn: torch.zeros(1210), "a flat vector does not say which member of digits-mlp"),
+        (
+            lambda nn: torch.zeros(999),
+            r"a flat vector of 999 values is not a digits-mlp network \(1210\); name its member",
+        ),
     ],
 )
 def test_non_members_are_refused_naming_the_family(family_export, net, message):
@@ -393,3 +396,31 @@ def test_cli_optimize_takes_a_member_by_hidden_or_by_its_init(family_export, tmp
         assert main(["optimize", *args]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and __import__("re").search(message, err), err
+
+
+def test_evaluation_scripts_bind_a_family_model_to_a_held_or_held_out_member(family_export, tmp_path):
+    import json
+
+    from gpt_params.zoo_reader import Zoo
+
+    from .conftest import repo_root, run_script
+
+    zoo = harvest_mixed(
+        tmp_path / "mixed.h5", runs=6, ckpts_per_run=2, cohort_size=3, val_frac=0, test_frac=0.5
+    )
+    held = ",".join(map(str, Zoo(zoo).member_options[0]["hidden"]))
+    script = repo_root() / "eval" / "prompting.py"
+    common = ["--model", family_export[0], "--zoo", zoo, "--prompts", "2", "--samplers", "ddim:2"]
+    for hidden in [
+        held,
+        "10",
+    ]:  # a member the zoo holds (its test runs), and width 10, which no mixed zoo holds
+        out = tmp_path / f"p{hidden}.json"
+        res = run_script(
+            script, *common, "--hidden", hidden, "--nets", "2", "--out", out, "--plot", tmp_path / "p.png"
+        )
+        assert res.returncode == 0, res.stderr
+        report = json.loads(out.read_text())
+        assert report["nets"] == (2 if hidden == "10" else min(2, len(Zoo(zoo).runs_of_member(0, "test"))))
+    res = run_script(script, *common, "--nets", "2")
+    assert res.returncode == 2 and "name the member to evaluate with --hidden" in res.stderr
