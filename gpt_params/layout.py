@@ -213,7 +213,7 @@ def random_perms(
 
 # -- architecture families: tensors by role --------------------------------------------------------
 
-ROLE_KINDS = ("unit", "edge", "rest")
+ROLE_PLACEMENTS = ("unit", "edge", "rest")
 
 
 @dataclass(frozen=True)
@@ -228,13 +228,13 @@ class Role:
     * ``rest``: a tensor of fixed size ``features`` that no hidden layer indexes gets a token of its own.
     """
 
-    kind: str
+    placement: str
     features: int
     axis: int = 0  # ``unit``: the axis indexed by the units
 
     def __post_init__(self) -> None:
-        if self.kind not in ROLE_KINDS:
-            raise LayoutError(f"unknown role kind {self.kind!r}; expected one of {ROLE_KINDS}")
+        if self.placement not in ROLE_PLACEMENTS:
+            raise LayoutError(f"unknown role placement {self.placement!r}; expected one of {ROLE_PLACEMENTS}")
 
 
 @dataclass
@@ -281,7 +281,7 @@ def role_plan(
         role, r = roles[name], spec[roles[name]]
         role_id[layout.slice_of(name)] = names.index(role)
         own = owners.get(name, [])
-        if r.kind == "unit":
+        if r.placement == "unit":
             g = [g for g, axis in own if axis == r.axis]
             if len(own) != 1 or not g:
                 raise LayoutError(
@@ -289,7 +289,7 @@ def role_plan(
                 )
             idx = flat[name].movedim(r.axis, 0).reshape(groups[g[0]].size, -1)  # (n_g, F)
             units[g[0]].append((role, idx))
-        elif r.kind == "edge":
+        elif r.placement == "edge":
             if len(own) != 2:
                 raise LayoutError(f"tensor {name!r} ({role}) must connect two hidden layers")
             (ga, axa), (gb, axb) = own

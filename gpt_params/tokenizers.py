@@ -220,9 +220,9 @@ class RoleTokenizer(nn.Module):
     def __init__(self, spec: dict[str, Role], width: int, edge_width: int = 64, max_layers: int = 2) -> None:
         super().__init__()
         self.spec = dict(spec)
-        unit = [n for n, r in spec.items() if r.kind == "unit"]
-        edge = [n for n, r in spec.items() if r.kind == "edge"]
-        rest = [n for n, r in spec.items() if r.kind == "rest"]
+        unit = [n for n, r in spec.items() if r.placement == "unit"]
+        edge = [n for n, r in spec.items() if r.placement == "edge"]
+        rest = [n for n, r in spec.items() if r.placement == "rest"]
         f = {n: r.features for n, r in spec.items()}
         self.embed = nn.ModuleDict({n: nn.Linear(2 * f[n], width) for n in unit})
         self.head = nn.ModuleDict({n: nn.Linear(width, f[n]) for n in unit})
