@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -87,12 +87,18 @@ class Exported:
     diffusion: DiffusionConfig
     meta: dict  # task, metric, metric_range, best_prompt, zoo and training summaries
     critic: MetricCritic | None = None  # a learned metric predictor (train/critic.py), if fitted
+    _members: dict = field(default_factory=dict, repr=False)  # task label -> member(): built once
 
     def member(self, task: Task) -> tuple[ParamNormalizer, tuple | None, RolePlan | None]:
         """The normaliser, clamp range ``(D,)`` and plan (None for a single-layout model) with which
         the model samples networks of ``task``, a member of its family."""
         if self.model.family is None:
             return self.normalizer, self.clamp, None
+        if task.label not in self._members:
+            self._members[task.label] = self._expand(task)
+        return self._members[task.label]
+
+    def _expand(self, task: Task) -> tuple[ParamNormalizer, tuple | None, RolePlan]:
         if (
             task.name != self.meta["task"]
             or task.family is None
