@@ -1,6 +1,7 @@
 """Prompt alignment on inits of runs the model *trained* on, to set beside eval/prompting.py's unseen ones.
 
     python benchmarks/seen_inits.py --model runs/cartpole-ppo-tiny --zoo data/cartpole-ppo.h5 --guidance 1 4
+    python benchmarks/seen_inits.py --model runs/mnist-mlp-family --zoo data/mnist-mlp-family.h5 --hidden 32
 
 A model that aligns no better on its own train-split inits than on unseen ones is limited by fit,
 not by generalisation. Prints one JSON line per guidance scale.
@@ -14,9 +15,9 @@ import json
 import torch
 
 from gpt_params.errors import GptParamsError
-from gpt_params.evaluate import prompt_alignment
+from gpt_params.evaluate import bind_member, held_rows, prompt_alignment
 from gpt_params.optimizer import LearnedOptimizer
-from gpt_params.scripting import fail
+from gpt_params.scripting import fail, hidden_or_exit
 from gpt_params.zoo_reader import Zoo
 
 
@@ -29,12 +30,18 @@ def main() -> None:
     p.add_argument("--sampler-steps", type=int, default=10, help="DDIM steps")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", default=None, help="a family model: the member (hidden widths, e.g. 64,32)")
     a = p.parse_args()
+    hidden = hidden_or_exit(a.hidden)
     try:
-        opt = LearnedOptimizer.from_pretrained(a.model)
         zoo = Zoo(a.zoo)
-        zoo.require_task(opt.task)
-        rows = zoo.first_runs(a.nets, "train")
+        opt = bind_member(LearnedOptimizer.from_pretrained(a.model), zoo, hidden)
+        rows = held_rows(zoo, opt.task, "train")
+        if rows is None or a.nets < 1 or len(rows) == 0:
+            raise GptParamsError(
+                f"{zoo.label} has no train-split runs of {opt.task.label} (asked for {a.nets})"
+            )
+        rows = rows[: a.nets]
     except GptParamsError as e:
         raise fail(str(e)) from None
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)

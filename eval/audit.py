@@ -1,6 +1,10 @@
 """Novelty audit: are one-step outputs real updates of their input, or memorised training checkpoints?
 
     python eval/audit.py --model runs/mnist-mlp-loss --zoo data/mnist-mlp-gpt5k.h5 --nets 32
+    python eval/audit.py --model runs/mnist-mlp-family --zoo data/mnist-mlp-family.h5 --hidden 32
+
+A family model is audited one member at a time (``--hidden``), against the bank of that member's
+training checkpoints; a member the zoo never held has no checkpoints to memorise, so it is refused.
 
 For ``--nets`` test-split initialisations: one G.pt step prompted for the best metric. Each output is
 compared, after aligning hidden units (Hungarian matching), with a bank of ``--bank`` training
@@ -20,16 +24,13 @@ import numpy as np
 import torch
 
 from gpt_params.align import aligned_distances, nearest
-from gpt_params.errors import GptParamsError
-from gpt_params.evaluate import load_unseen
-from gpt_params.scripting import fail, utc_now
+from gpt_params.evaluate import held_rows
+from gpt_params.scripting import add_unseen_arguments, fail, unseen_or_exit, utc_now
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="export directory or shipped model name")
-    p.add_argument("--zoo", required=True, help="the zoo the model was trained on")
-    p.add_argument("--nets", type=int, default=32)
+    add_unseen_arguments(p, "unseen networks (first runs of --split) audited")
     p.add_argument("--bank", type=int, default=2000, help="training checkpoints searched for the nearest")
     p.add_argument("--prompt", type=float, default=None, help="prompted metric (default: the best prompt)")
     p.add_argument("--sampler-steps", type=int, default=5)
@@ -37,10 +38,12 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON report (default: <model>/audit.json)")
     a = p.parse_args()
 
-    try:
-        opt, zoo, test_rows, _ = load_unseen(a.model, a.zoo, a.nets)
-    except GptParamsError as e:
-        raise fail(str(e)) from None
+    opt, zoo, test_rows, _ = unseen_or_exit(a)
+    if len(test_rows) == 0:
+        raise fail(
+            f"{zoo.label} never held {opt.task.label}: no training checkpoints of it to audit against "
+            "(and no real training of its inits)"
+        )
     task, layout, groups = opt.task, opt.task.layout, opt.task.symmetries
     rng = np.random.default_rng(a.seed)
     runs = [zoo.params(int(r)) for r in test_rows]  # each (K, D)
@@ -51,7 +54,9 @@ def main() -> None:
         theta0, prompt, num_inference_steps=a.sampler_steps, generator=torch.Generator().manual_seed(a.seed)
     )
 
-    train_rows = zoo.runs("train")
+    train_rows = held_rows(zoo, task, "train")  # the member's own training runs
+    if len(train_rows) < 2:
+        raise fail(f"{zoo.label} has {len(train_rows)} train-split runs of {task.label}; the audit needs 2")
     pick_runs = rng.choice(train_rows, size=min(a.bank, len(train_rows)), replace=False)
     pick_ckpt = rng.integers(1, zoo.n_ckpts, size=len(pick_runs))
     bank = torch.stack(
@@ -70,7 +75,10 @@ def main() -> None:
         [aligned_distances(r, o[None], layout, groups)[0] for r, o in zip(real, out, strict=True)]
     )
     finals = torch.stack(
-        [torch.from_numpy(zoo.checkpoint(int(r), zoo.n_ckpts - 1)) for r in pick_runs[: 2 * a.nets]]
+        [
+            torch.from_numpy(zoo.checkpoint(int(r), zoo.n_ckpts - 1))
+            for r in rng.permutation(train_rows)[: 2 * a.nets]
+        ]
     )
     d_indep = np.array(
         [
@@ -92,6 +100,7 @@ def main() -> None:
     report = {
         "model": str(a.model),
         "zoo": a.zoo,
+        "architecture": task.label,
         "nets": len(test_rows),
         "bank": len(bank),
         "prompt": prompt,
@@ -116,7 +125,8 @@ def main() -> None:
             "output_input": d_input.tolist(),
         },
     }
-    path = Path(a.out or Path(a.model) / "audit.json")
+    name = "audit.json" if a.hidden is None else f"audit-h{a.hidden.replace(',', '-')}.json"
+    path = Path(a.out or Path(a.model) / name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     figure(d_out, d_real, d_indep, d_input).savefig(path.with_suffix(".png"), dpi=120)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gpt_params.errors import GptParamsError
+from gpt_params.errors import GptParamsError, ZooError
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.tasks.base import Baseline, BaselineConfig, Task
 from gpt_params.zoo_reader import Zoo
@@ -144,6 +144,35 @@ def one_step_vs_gradient(
     )
 
 
+def held_rows(zoo: Zoo, task: Task, split: str) -> np.ndarray | None:
+    """Rows of ``zoo``'s ``split`` runs whose networks are ``task``'s architecture, in zoo order; ``None``
+    when ``zoo`` is a mixed zoo of the task's family that never held that member. A
+    :class:`~gpt_params.errors.ZooError` when ``zoo`` holds another task or another single member."""
+    if not zoo.mixed:
+        zoo.require_task(task)
+        return zoo.runs(split)
+    if zoo.task != task.name:
+        raise ZooError(f"zoo {str(zoo.path)!r} is a {zoo.label!r} zoo; the model is for {task.name!r}")
+    held = [m for m, o in enumerate(zoo.member_options) if o == task.options]
+    return zoo.runs_of_member(held[0], split) if held else None
+
+
+def bind_member(
+    opt: LearnedOptimizer, zoo: Zoo, hidden: tuple[int, ...] | None, data_dir: str | None = None
+) -> LearnedOptimizer:
+    """``opt`` bound to the architecture it is evaluated on: a family model to member ``hidden``, else
+    to the member a single-architecture ``zoo`` holds; a one-architecture model as it is (and a
+    :class:`GptParamsError` if ``hidden`` names a member all the same)."""
+    if not opt.family:
+        if hidden is not None:
+            raise GptParamsError(f"--hidden {hidden}: the model serves one architecture, {opt.task.label}")
+        return opt
+    if hidden is None and zoo.mixed:
+        raise GptParamsError(f"{zoo.label}: name the member to evaluate with --hidden")
+    member = opt.task.member(hidden) if hidden is not None else zoo.make_task(data_dir)
+    return LearnedOptimizer(opt.exported, member)
+
+
 def load_unseen(
     model: str,
     zoo_path: str,
@@ -166,30 +195,17 @@ def load_unseen(
     opt = LearnedOptimizer.from_pretrained(
         model, device=device, **({"data_dir": data_dir} if data_dir else {})
     )
-    if hidden is not None and not opt.family:
-        raise GptParamsError(f"--hidden {hidden}: model {model!r} serves one architecture, {opt.task.label}")
-    if opt.family:
-        if hidden is None and zoo.mixed:
-            raise GptParamsError(f"{zoo.label}: name the member to evaluate with --hidden")
-        member = opt.task.member(hidden) if hidden is not None else zoo.make_task(data_dir)
-        opt = LearnedOptimizer(opt.exported, member)
-    if zoo.mixed:
-        if zoo.task != opt.task.name:
-            raise GptParamsError(
-                f"zoo {zoo_path!r} is a {zoo.label!r} zoo; the model is for {opt.task.name!r}"
-            )
-        held = [m for m, o in enumerate(zoo.member_options) if o == opt.task.options]
-        if not held:  # an architecture the zoo never held: fresh inits
-            if nets < 1:
-                raise GptParamsError(f"--nets {nets}: expected at least 1")
-            return opt, zoo, np.zeros(0, np.int64), opt.task.unseen_inits(nets)
-        rows = zoo.runs_of_member(held[0], split)[:nets]
-        if nets < 1 or len(rows) == 0:
-            raise GptParamsError(
-                f"{zoo.label} has no {split}-split runs of {opt.task.label} (asked for {nets})"
-            )
-    else:
-        zoo.require_task(opt.task)
-        rows = zoo.unseen_runs(nets, split)  # a ZooError for an empty split or nets < 1
+    opt = bind_member(opt, zoo, hidden, data_dir)
+    if split not in ("test", "val"):
+        raise GptParamsError(f"unseen runs come from the 'test' or 'val' split, not {split!r}")
+    rows = held_rows(zoo, opt.task, split)
+    if rows is None and nets >= 1:  # an architecture the zoo never held: fresh inits
+        return opt, zoo, np.zeros(0, np.int64), opt.task.unseen_inits(nets)
+    if nets < 1 or len(rows) == 0:
+        held = 0 if rows is None else len(rows)
+        raise GptParamsError(
+            f"{str(zoo.path)!r} has {held} {split}-split runs of {opt.task.label}; asked for {nets}"
+        )
+    rows = rows[:nets]
     theta0 = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
     return opt, zoo, rows, theta0

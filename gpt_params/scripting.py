@@ -53,17 +53,22 @@ def add_unseen_arguments(p: argparse.ArgumentParser, nets_help: str) -> None:
     )
 
 
+def hidden_or_exit(text: str | None) -> tuple[int, ...] | None:
+    """``--hidden 64,32`` as ``(64, 32)`` (``None`` stays ``None``); anything else exits with one line."""
+    try:
+        return None if text is None else tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise fail(
+            f"--hidden {text!r}: expected hidden widths separated by commas, e.g. 32 or 64,32"
+        ) from None
+
+
 def unseen_or_exit(
     a: argparse.Namespace, device: str | None = None
 ) -> tuple[LearnedOptimizer, Zoo, np.ndarray, torch.Tensor]:
     """:func:`gpt_params.evaluate.load_unseen` for the flags of :func:`add_unseen_arguments`; bad input
     (a missing model, a zoo of another task, too few runs) exits with a one-line error."""
-    try:
-        hidden = None if a.hidden is None else tuple(int(w) for w in a.hidden.split(","))
-    except ValueError:
-        raise fail(
-            f"--hidden {a.hidden!r}: expected hidden widths separated by commas, e.g. 32 or 64,32"
-        ) from None
+    hidden = hidden_or_exit(a.hidden)
     try:
         return load_unseen(a.model, a.zoo, a.nets, a.split, device, a.data_dir, hidden)
     except GptParamsError as e:

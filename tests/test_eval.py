@@ -67,7 +67,9 @@ def test_scripts_without_unseen_nets_fail_in_one_line(digits, name):
     zoo, model = digits
     res = run_script(repo_root() / "eval" / name, "--model", model, "--zoo", zoo, "--nets", 0)
     assert (
-        res.returncode != 0 and res.stderr.count("\n") == 1 and "test-split runs; asked for 0" in res.stderr
+        res.returncode != 0
+        and res.stderr.count("\n") == 1
+        and "test-split runs of digits-mlp; asked for 0" in res.stderr
     )
 
 

@@ -424,3 +424,44 @@ def test_evaluation_scripts_bind_a_family_model_to_a_held_or_held_out_member(fam
         assert report["nets"] == (2 if hidden == "10" else min(2, len(Zoo(zoo).runs_of_member(0, "test"))))
     res = run_script(script, *common, "--nets", "2")
     assert res.returncode == 2 and "name the member to evaluate with --hidden" in res.stderr
+
+
+def test_audit_and_seen_inits_work_per_member_and_refuse_a_member_never_held(family_export, tmp_path):
+    import json
+
+    from gpt_params.zoo_reader import Zoo
+
+    from .conftest import repo_root, run_script
+
+    zoo = harvest_mixed(
+        tmp_path / "mixed.h5", runs=8, ckpts_per_run=3, cohort_size=4, val_frac=0, test_frac=0.25
+    )
+    z = Zoo(zoo)
+    member = next(  # split membership is a hash of the run id: take a member with runs in both
+        m
+        for m in range(len(z.members))
+        if len(z.runs_of_member(m, "train")) >= 2 and len(z.runs_of_member(m, "test"))
+    )
+    held = ",".join(map(str, z.member_options[member]["hidden"]))
+    common = ["--model", family_export[0], "--zoo", zoo, "--sampler-steps", "2"]
+    audit = repo_root() / "eval" / "audit.py"
+    out = tmp_path / "audit.json"
+    res = run_script(audit, *common, "--hidden", held, "--nets", "1", "--bank", "50", "--out", out)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.read_text())
+    own_train = z.runs_of_member(member, "train")
+    assert (
+        report["architecture"]
+        == get_task("digits-mlp", hidden=tuple(z.member_options[member]["hidden"])).label
+    )
+    assert report["bank"] == len(own_train)  # the bank holds this member's training runs only
+    res = run_script(audit, *common, "--hidden", "10", "--nets", "1", "--out", out)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "never held" in res.stderr, res.stderr
+
+    seen = repo_root() / "benchmarks" / "seen_inits.py"
+    res = run_script(seen, *common, "--hidden", held, "--nets", "2", "--prompts", "2")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.splitlines()[-1])["nets"] == min(2, len(own_train))
+    for hidden, message in [("10", "no train-split runs of"), ("x", "expected hidden widths")]:
+        res = run_script(seen, *common, "--hidden", hidden, "--nets", "2")
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
