@@ -118,3 +118,48 @@ def one_step_figures(results) -> tuple[Figure, Figure]:
         draw_vs_gradient(ax, r.baseline.curves, r.achieved, label, r.metric, xlabel=r.baseline.xlabel)
         ax.set_title(f"{r.model}: {r.nets} unseen inits", fontsize=10)
     return fig_a, fig_b
+
+
+def family_figure(rows: list[dict]) -> Figure:
+    """A family model across its members (``eval/family.py`` rows): one-step test loss and the Adam
+    steps that match it against hidden width for one-hidden-layer members (hollow markers: widths the
+    training zoo never held; dashed: other models, e.g. a specialist applied zero-shot), and both for
+    the two-layer members."""
+    fig = Figure(figsize=(13, 4.2), layout="constrained")
+    ax_loss, ax_steps, ax_two = fig.subplots(1, 3)
+    for k, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
+        one = sorted(
+            (r for r in rows if r["model"] == model and len(r["hidden"]) == 1), key=lambda r: r["hidden"]
+        )
+        if not one:
+            continue
+        w = np.array([r["hidden"][0] for r in one])
+        style = {"color": f"C{k}", "ls": "-" if model == "family" else "--"}
+        for ax, key in ((ax_loss, "test_loss"), (ax_steps, "adam_steps")):
+            y = np.array([np.nan if r[key] is None else r[key] for r in one], float)
+            ax.plot(w, y, label=model, **style)
+            held = np.array([r["held_by_zoo"] is not False for r in one])
+            ax.scatter(w[held], y[held], color=style["color"], zorder=3)
+            ax.scatter(w[~held], y[~held], facecolors="white", edgecolors=style["color"], zorder=3)
+    for ax, label in ((ax_loss, "test loss after one step"), (ax_steps, "Adam steps (lr 1e-3) to match")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("hidden width (one layer; hollow: never in the zoo)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    ax_steps.set_yscale("log")
+    two = [r for r in rows if r["model"] == "family" and len(r["hidden"]) == 2]
+    if two:
+        x = np.arange(len(two))
+        ax_two.bar(x - 0.2, [r["start_test_loss"] for r in two], 0.4, color="0.7", label="start")
+        ax_two.bar(x + 0.2, [r["test_loss"] for r in two], 0.4, color="C0", label="one step")
+        for i, r in enumerate(two):
+            ax_two.annotate(
+                f"{r['adam_steps'] or '>max'} Adam", (i + 0.2, r["test_loss"]), ha="center", fontsize=7
+            )
+        ax_two.set_xticks(
+            x, ["-".join(map(str, r["hidden"])) + ("" if r["held_by_zoo"] is not False else "*") for r in two]
+        )
+        ax_two.set_xlabel("two hidden layers (*: never in the zoo)")
+        ax_two.set_ylabel("test loss")
+        ax_two.legend(fontsize=8)
+    return fig

@@ -465,3 +465,46 @@ def test_audit_and_seen_inits_work_per_member_and_refuse_a_member_never_held(fam
     for hidden, message in [("10", "no train-split runs of"), ("x", "expected hidden widths")]:
         res = run_script(seen, *common, "--hidden", hidden, "--nets", "2")
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+
+
+def test_family_eval_scores_each_member_beside_a_zero_shot_specialist(family_export, tmp_path):
+    import dataclasses
+    import importlib.util
+    import json
+
+    from gpt_params.optimizer import LearnedOptimizer
+
+    from .conftest import repo_root, run_script
+
+    path = repo_root() / "eval" / "family.py"
+    out = tmp_path / "family.json"
+    res = run_script(
+        path, "--model", family_export[0], "--widths", "5", "12", "--shapes", "6,4", "--specialist",
+        "digits-mlp-loss", "--nets", "2", "--prompts", "2", "--adam-steps", "20", "--out", out,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["hidden"]) for r in rows] == [
+        ("family", [5]), ("zero-shot digits-mlp-loss", [5]), ("family", [12]),
+        ("zero-shot digits-mlp-loss", [12]), ("family", [6, 4]),
+    ]  # fmt: skip
+    assert out.with_suffix(".png").stat().st_size > 0
+    bad = run_script(path, "--model", family_export[0], "--widths", "300", "--out", out)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "digits-mlp family" in bad.stderr, (
+        bad.stderr
+    )
+
+    # at the specialist's own width the transplant keeps weights and normaliser: the same samples
+    # (with the clamp off: a per-coordinate clamp becomes its per-tensor envelope)
+    spec = importlib.util.spec_from_file_location("family_eval", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shipped = LearnedOptimizer.from_pretrained("digits-mlp-loss")
+    plain = LearnedOptimizer(dataclasses.replace(shipped.exported, clamp=None), shipped.task)
+    moved = LearnedOptimizer(module.transplant(plain, plain.task), plain.task)
+    theta = plain.task.unseen_inits(2)
+    a, b = (
+        o.step(theta, plain.best_prompt, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+        for o in (plain, moved)
+    )
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # a tensor-mean of equal stats rounds
