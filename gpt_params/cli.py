@@ -446,6 +446,22 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 DEMO_DATA = ("cifar10-cnn=../shared/datasets/cifar10-jpeg.tar.gz",)  # the JPEG copy beside a checkout
+# hidden widths a family model is shown on: narrow, G.pt's 10, wide, and two layers (an export's
+# meta "demo_members" overrides them)
+DEMO_MEMBERS = ((4,), (10,), (64,), (256,), (64, 32))
+
+
+def demo_members(name: str, opt) -> list[tuple[str, object]]:
+    """``[(row label, optimizer)]``: the model itself, or a family model bound to each demo member."""
+    if not opt.family:
+        return [(name, opt)]
+    from gpt_params.optimizer import LearnedOptimizer
+
+    members = opt.exported.meta.get("demo_members", DEMO_MEMBERS)
+    return [
+        (f"{name} {'-'.join(map(str, h))}", LearnedOptimizer(opt.exported, opt.task.member(tuple(h))))
+        for h in members
+    ]
 
 
 def demo_data_dirs(specs: list[str]) -> dict[str, str | None]:
@@ -515,8 +531,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except DataError as e:
             skipped.append(f"skipped {name}: {e}")
             continue
-        theta0 = opt.task.unseen_inits(opt.task.baseline_nets(cfg))
-        results.append(one_step_vs_gradient(name, opt, theta0, cfg))
+        for label, member in demo_members(name, opt):
+            theta0 = member.task.unseen_inits(member.task.baseline_nets(cfg))
+            results.append(one_step_vs_gradient(label, member, theta0, cfg))
     if not results:
         raise GptParamsError("no model could run: " + "; ".join(skipped))
     out = Path(args.out)

@@ -508,3 +508,16 @@ def test_family_eval_scores_each_member_beside_a_zero_shot_specialist(family_exp
         for o in (plain, moved)
     )
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # a tensor-mean of equal stats rounds
+
+
+def test_demo_shows_a_family_model_on_each_demo_member(family_export, tmp_path, capsys):
+    import json
+
+    from gpt_params.cli import DEMO_MEMBERS, main
+
+    assert main(["demo", "--models", str(family_export[0]), "--nets", "2", "--adam-steps", "20",
+                 "--out", str(tmp_path / "demo")]) == 0  # fmt: skip
+    rows = json.loads((tmp_path / "demo" / "demo.json").read_text())["models"]
+    assert [r["model"] for r in rows] == [f"{family_export[0]} {'-'.join(map(str, h))}" for h in DEMO_MEMBERS]
+    assert all(r["nets"] == 2 and r["achieved"] == r["achieved"] for r in rows)  # not NaN
+    assert "64-32" in capsys.readouterr().out
