@@ -197,7 +197,11 @@ class MemberPairStream(IterableDataset):
     draws a member with probability proportional to its train runs, reads ``runs_per_step`` of its
     runs and draws the pairs from them as :class:`PairStream` does. Yields what :class:`PairStream`
     yields plus ``member`` (the zoo's member index). Everything a step draws is a function of
-    ``(seed, s)``, so a resumed training sees the stream an uninterrupted one would."""
+    ``(seed, s)``, so a resumed training sees the stream an uninterrupted one would.
+
+    ``batch_params`` caps a batch's pairs times its member's parameter count (``0``: no cap), so a
+    784-256-256-10 member gets fewer pairs than a 784-4-10 one and no step outgrows memory: member
+    ``m`` gets ``min(batch_size, max(min_batch, batch_params // D_m))`` pairs (:meth:`batch_of`)."""
 
     def __init__(
         self,
@@ -212,6 +216,8 @@ class MemberPairStream(IterableDataset):
         seed: int = 0,
         start_step: int = 0,
         runs_per_step: int = 8,
+        batch_params: int = 0,
+        min_batch: int = 16,
     ) -> None:
         self.members = np.array(sorted(m for m, r in rows_by_member.items() if len(r)))
         if len(self.members) == 0:
@@ -222,6 +228,14 @@ class MemberPairStream(IterableDataset):
         self.zoo_path, self.batch_size, self.cfg, self.task = zoo_path, batch_size, cfg, task
         self.normalizers, self.layouts, self.groups = normalizers, layouts, groups
         self.seed, self.start_step, self.runs_per_step = seed, start_step, runs_per_step
+        self.batch_params, self.min_batch = batch_params, min_batch
+
+    def batch_of(self, member: int) -> int:
+        """Pairs in a batch of ``member``: ``batch_size``, fewer for a member too large for ``batch_params``."""
+        if not self.batch_params:
+            return self.batch_size
+        fit = self.batch_params // self.layouts[member].numel
+        return min(self.batch_size, max(self.min_batch, fit))
 
     @cached_property
     def _task(self):
@@ -248,7 +262,7 @@ class MemberPairStream(IterableDataset):
                 )
                 params = np.stack([zoo.params(int(r)) for r in runs])  # (runs, K, D_m)
                 batch = draw_pairs(
-                    g, params, metric_all[runs], self.batch_size, self.cfg, self.normalizers[m],
+                    g, params, metric_all[runs], self.batch_of(m), self.cfg, self.normalizers[m],
                     self.layouts[m], self.groups[m], self._task,
                 )  # fmt: skip
                 yield {**batch, "member": torch.tensor(m)}

@@ -235,12 +235,12 @@ def test_member_pairs_come_from_one_member_per_batch_and_resume_exactly(tmp_path
         ],
     )
 
-    def stream(start):
+    def stream(start, **kw):
         return MemberPairStream(
             str(path), {m: zoo.runs_of_member(m, "train") for m in tasks}, 5, PairConfig(),
             {m: norm.for_member(t.layout, t.roles, t.fan_in) for m, t in tasks.items()},
             {m: t.layout for m, t in tasks.items()}, {m: t.symmetries for m, t in tasks.items()},
-            "digits-mlp", seed=3, start_step=start, runs_per_step=2,
+            "digits-mlp", seed=3, start_step=start, runs_per_step=2, **kw,
         )  # fmt: skip
 
     batches = list(itertools.islice(iter(stream(0)), 12))
@@ -251,6 +251,14 @@ def test_member_pairs_come_from_one_member_per_batch_and_resume_exactly(tmp_path
     for x, y in zip(batches[7:], itertools.islice(iter(stream(7)), 5), strict=True):
         assert int(x["member"]) == int(y["member"])
         np.testing.assert_array_equal(x["theta_future"].numpy(), y["theta_future"].numpy())
+
+    # a parameter budget gives wider members fewer pairs, never fewer than min_batch
+    sizes = {m: t.layout.numel for m, t in tasks.items()}
+    small, large = min(sizes, key=sizes.get), max(sizes, key=sizes.get)
+    capped = stream(0, batch_params=5 * sizes[small], min_batch=2)
+    assert capped.batch_of(small) == 5 and capped.batch_of(large) == max(2, 5 * sizes[small] // sizes[large])
+    for b in itertools.islice(iter(capped), 12):
+        assert len(b["theta_start"]) == capped.batch_of(int(b["member"]))
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,11 @@ class TrainConfig:
     heads: int = opt(0, "override the preset's attention heads; must divide the width (0: the preset's)")
     metric: str = opt("", "conditioning metric (default: the task's objective: val_loss, or return_mean)")
     batch_size: int = opt(256, "pairs per optimizer step and process")
+    batch_params: int = opt(
+        8_388_608,
+        "a mixed zoo: most pairs x member parameters per batch, so wide members get fewer pairs (at least "
+        "16) and fit in memory; 0 = always --batch-size",
+    )
     max_steps: int = opt(20_000, "optimizer steps")
     max_minutes: float = opt(
         0.0, "wall-time budget: the cosine decay ends and training stops (and exports) there; 0 = none"
@@ -357,6 +362,7 @@ def main() -> None:
             {m: normalizer.for_member(t.layout, t.roles, t.fan_in) for m, t in members.items()},
             {m: t.layout for m, t in members.items()}, {m: t.symmetries for m, t in members.items()},
             zoo.task, seed=cfg.seed * 1000 + acc.process_index, start_step=step * cfg.grad_accum,
+            batch_params=cfg.batch_params,
         )  # fmt: skip
     else:
         stream = PairStream(
@@ -376,7 +382,7 @@ def main() -> None:
             save_export(out, ema.module, normalizer, clamp, dcfg, meta)
 
     # -- loop: one optimiser step per batch of pairs; EMA, logs, validation, checkpoints ---------------
-    t_data, t_total, seen = 0.0, 0.0, 0
+    t_data, t_total, seen, seen_params = 0.0, 0.0, 0, 0
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not acc.is_main_process)
     it = iter(loader)
     gen = torch.Generator()
@@ -402,7 +408,8 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
         t_data += t1 - t0
         t_total += time.perf_counter() - t0
-        seen += cfg.batch_size
+        seen += batch["theta_start"].shape[0]
+        seen_params += batch["theta_start"].numel()
         if not acc.sync_gradients:
             continue
         ema.update_parameters(acc.unwrap_model(model))
@@ -437,7 +444,11 @@ def main() -> None:
 
     # -- export: EMA weights and the export contract (gpt_params.export) -------------------------------
     meta["train_steps"] = step
-    meta["timing"] = {"data_frac": t_data / max(t_total, 1e-9), "samples_per_s": seen / max(t_total, 1e-9)}
+    meta["timing"] = {
+        "data_frac": t_data / max(t_total, 1e-9),
+        "samples_per_s": seen / max(t_total, 1e-9),  # training pairs
+        "params_per_s": seen_params / max(t_total, 1e-9),  # their parameters (pairs x D, mixed zoos: summed)
+    }
     export()
     acc.end_training()
     if acc.is_main_process:
