@@ -305,13 +305,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             raise GptParamsError(
                 f"--hidden {args.hidden!r}: model {args.model!r} serves one architecture, {task.label}"
             )
-        try:
-            widths = tuple(int(w) for w in args.hidden.split(","))
-        except ValueError:
-            raise GptParamsError(
-                f"--hidden {args.hidden!r}: expected hidden widths separated by commas, e.g. 32 or 64,32"
-            ) from None
-        task = task.member(widths)
+        from gpt_params.scripting import parse_hidden
+
+        task = task.member(parse_hidden(args.hidden))
     if args.init is not None:
         if not Path(args.init).is_file():
             raise GptParamsError(f"--init {args.init!r} does not exist; expected a safetensors state dict")

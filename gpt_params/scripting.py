@@ -53,14 +53,22 @@ def add_unseen_arguments(p: argparse.ArgumentParser, nets_help: str) -> None:
     )
 
 
-def hidden_or_exit(text: str | None) -> tuple[int, ...] | None:
-    """``--hidden 64,32`` as ``(64, 32)`` (``None`` stays ``None``); anything else exits with one line."""
+def parse_hidden(text: str | None) -> tuple[int, ...] | None:
+    """``--hidden 64,32`` as ``(64, 32)`` (``None`` stays ``None``); a :class:`GptParamsError` otherwise."""
     try:
         return None if text is None else tuple(int(w) for w in text.split(","))
     except ValueError:
-        raise fail(
+        raise GptParamsError(
             f"--hidden {text!r}: expected hidden widths separated by commas, e.g. 32 or 64,32"
         ) from None
+
+
+def hidden_or_exit(text: str | None) -> tuple[int, ...] | None:
+    """:func:`parse_hidden`, exiting with one line on bad input."""
+    try:
+        return parse_hidden(text)
+    except GptParamsError as e:
+        raise fail(str(e)) from None
 
 
 def unseen_or_exit(
