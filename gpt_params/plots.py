@@ -153,9 +153,8 @@ def family_figure(rows: list[dict]) -> Figure:
         ax_two.bar(x - 0.2, [r["start_test_loss"] for r in two], 0.4, color="0.7", label="start")
         ax_two.bar(x + 0.2, [r["test_loss"] for r in two], 0.4, color="C0", label="one step")
         for i, r in enumerate(two):
-            ax_two.annotate(
-                f"{r['adam_steps'] or '>max'} Adam", (i + 0.2, r["test_loss"]), ha="center", fontsize=7
-            )
+            steps = ">max" if r["adam_steps"] is None else f"{r['adam_steps']:.0f}"
+            ax_two.annotate(f"{steps} Adam", (i + 0.2, r["test_loss"]), ha="center", fontsize=7)
         ax_two.set_xticks(
             x, ["-".join(map(str, r["hidden"])) + ("" if r["held_by_zoo"] is not False else "*") for r in two]
         )
