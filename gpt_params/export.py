@@ -42,6 +42,7 @@ def export_meta(
     final_metric: np.ndarray,
     all_metric: np.ndarray,
     family: bool = False,
+    members: list[tuple[Task, np.ndarray]] | None = None,
     **extra,
 ) -> dict:
     """The export's contract with :class:`~gpt_params.optimizer.LearnedOptimizer`: the task and its
@@ -49,7 +50,9 @@ def export_meta(
     every checkpoint of the training runs) and its best prompt: the value the best 5% of training
     runs end at (``final_metric`` ``(R,)``, where each run ends), reachable unlike the zoo's single best
     value. ``extra`` (zoo and training summaries) is stored alongside. A ``family`` model serves every
-    member of ``task``'s family: its meta names the family's roles (``family``) instead of a layout."""
+    member of ``task``'s family: its meta names the family's roles (``family``) instead of a layout,
+    and ``members`` (each member task the zoo held with its runs' final metric) gives each member's own
+    best prompt (``member_best_prompts``; see :func:`best_prompt_for`)."""
     if metric not in task.metric_names:
         raise GptParamsError(f"metric {metric!r} is not one of task {task.name!r}'s {task.metric_names}")
     finite = np.isfinite(all_metric)
@@ -62,14 +65,37 @@ def export_meta(
         **({"task_options": task.options} if task.options else {}),
         "layout": task.layout.to_json(),
     }  # fmt: skip
+    q = 0.95 if higher else 0.05
+    per_member = [
+        {"task_options": t.options, "tensors": len(t.layout.names), "params": t.layout.numel,
+         "best_prompt": float(np.nanquantile(f, q))}
+        for t, f in (members or []) if np.isfinite(f).any()
+    ]  # fmt: skip
     return {
         "task": task.name,
         **where,
         "metric": metric,
         "metric_range": [float(all_metric[finite].min()), float(all_metric[finite].max())],
-        "best_prompt": float(np.nanquantile(final_metric, 0.95 if higher else 0.05)),
+        "best_prompt": float(np.nanquantile(final_metric, q)),
+        **({"member_best_prompts": per_member} if family and per_member else {}),
         **extra,
     }
+
+
+def best_prompt_for(meta: dict, task: Task) -> float:
+    """The best prompt of an export for networks of ``task``. A family model's members differ in what
+    they can reach (a width-4 MLP cannot reach a width-64 one's loss): the member's own entry where
+    its zoo held it, else that of the held member with the same number of layers nearest in
+    parameter count (log scale), else the export's overall best prompt."""
+    entries = meta.get("member_best_prompts") if "family" in meta else None
+    if not entries:
+        return float(meta["best_prompt"])
+    for e in entries:
+        if e["task_options"] == task.options:
+            return float(e["best_prompt"])
+    n, d = len(task.layout.names), task.layout.numel
+    e = min(entries, key=lambda e: (e["tensors"] != n, abs(math.log(e["params"] / d)), e["params"]))
+    return float(e["best_prompt"])
 
 
 @dataclass

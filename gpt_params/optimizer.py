@@ -28,7 +28,7 @@ from gpt_params.critic import NO_CRITIC
 from gpt_params.devices import resolve_device
 from gpt_params.diffusion import SAMPLERS, sample
 from gpt_params.errors import GptParamsError
-from gpt_params.export import COMBINE, Exported, export_task, load_export
+from gpt_params.export import COMBINE, Exported, best_prompt_for, export_task, load_export
 from gpt_params.networks import as_batch
 from gpt_params.tasks.base import Task
 
@@ -72,7 +72,8 @@ class LearnedOptimizer:
         self.higher_is_better: bool = self.task.higher_is_better(self.metric_name)
         lo, hi = exported.meta["metric_range"]
         self.metric_range: tuple[float, float] = (float(lo), float(hi))
-        self.best_prompt: float = float(exported.meta["best_prompt"])
+        # the metric the best 5% of the zoo's runs end at; a family model's is the member's own
+        self.best_prompt: float = best_prompt_for(exported.meta, self.task)
         # guidance used when a call names none: 1 unless the export sets one (``gpt-params export
         # --default-guidance``), e.g. 4 for CartPole, where it pulls returns up to the prompt
         self.default_guidance: float = float(exported.meta.get("default_guidance", 1.0))

@@ -529,3 +529,24 @@ def test_demo_shows_a_family_model_on_each_demo_member(family_export, tmp_path, 
     assert [r["model"] for r in rows] == [f"{family_export[0]} {'-'.join(map(str, h))}" for h in DEMO_MEMBERS]
     assert all(r["nets"] == 2 and r["achieved"] == r["achieved"] for r in rows)  # not NaN
     assert "64-32" in capsys.readouterr().out
+
+
+def test_each_member_gets_its_own_best_prompt_or_that_of_the_nearest_member_held():
+    import numpy as np
+
+    from gpt_params.export import best_prompt_for, export_meta
+
+    family = get_task("digits-mlp")
+    held = {(5,): 0.9, (40,): 0.3, (12, 7): 0.5}
+    members = [(family.member(h), np.array([v, v + 0.1, v + 0.2, np.nan])) for h, v in held.items()]
+    finals = np.concatenate([f for _, f in members])
+    meta = export_meta(family, "val_loss", finals, finals[:, None], family=True, members=members)
+    for h, v in held.items():  # a member the zoo held: its own 5% quantile
+        assert best_prompt_for(meta, family.member(h)) == pytest.approx(v + 0.01)
+    # held out: the held member with as many layers, nearest in parameter count
+    assert best_prompt_for(meta, family.member((6,))) == pytest.approx(0.91)
+    assert best_prompt_for(meta, family.member((64,))) == pytest.approx(0.31)
+    assert best_prompt_for(meta, family.member((64, 64))) == pytest.approx(0.51)
+    single = export_meta(family, "val_loss", finals, finals[:, None])  # one architecture: one best prompt
+    assert "member_best_prompts" not in single
+    assert best_prompt_for(single, family.member((5,))) == single["best_prompt"]

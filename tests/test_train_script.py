@@ -225,6 +225,11 @@ def test_a_mixed_zoo_trains_one_family_model_that_steps_any_member(tmp_path):
     run(["--zoo", str(zoo), "--out", str(out), "--max-steps", "2", "--eval-every", "2", *TINY[:-4]])
     exp = load_export(out)
     assert exp.model.family is not None and exp.meta["family"][0] == "in_weight" and "layout" not in exp.meta
+    from gpt_params.zoo_reader import Zoo
+
+    z = Zoo(zoo)
+    held = [e["task_options"] for e in exp.meta["member_best_prompts"]]  # a best prompt per member held
+    assert held == [o for m, o in enumerate(z.member_options) if len(z.runs_of_member(m, "train"))]
     for hidden in [(3,), (7, 5)]:
         member = get_task("digits-mlp", hidden=hidden)
         net = member.build(0)

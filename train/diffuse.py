@@ -338,8 +338,14 @@ def main() -> None:
         # where the zoo's runs end (all splits), the bar a one-step update is measured against
         "final_median": {m: float(np.nanmedian(zoo.metrics[m][:, -1])) for m in task.test_metrics if m in zoo.metrics},
     }  # fmt: skip
+    finals = metric_vals[np.arange(len(last)), last]  # (R,) where each training run ends
+    held = (
+        [(zoo.make_task(member=m), finals[zoo.member[train_rows] == m]) for m in range(len(zoo.members))]
+        if zoo.mixed
+        else None
+    )
     meta = export_meta(
-        task, metric, metric_vals[np.arange(len(last)), last], metric_vals, family=zoo.mixed,
+        task, metric, finals, metric_vals, family=zoo.mixed, members=held,
         zoo={**zoo_summary, "harvest": zoo.harvest_config}, train=asdict(cfg),
         n_model_params=count_parameters(acc.unwrap_model(model)),
     )  # fmt: skip
