@@ -166,7 +166,7 @@ class LearnedOptimizer:
         is read for its widths; a flat vector needs them named, ``hidden=(64, 32)``.
         """
         theta, rebuild, task = self._to_batch(params, hidden)  # (B, D)
-        prompt = self._prompt(target_loss, target_error, target_return, len(theta), clamp_prompt)
+        prompt = self._prompt(target_loss, target_error, target_return, len(theta), clamp_prompt, task)
         kw = self._sampling(num_inference_steps, guidance_scale, num_samples, combine, sampler)
         return rebuild(self._step(theta, prompt, current_loss, generator, task, **kw))
 
@@ -193,7 +193,7 @@ class LearnedOptimizer:
         if not isinstance(steps, int) or steps < 1:
             raise GptParamsError(f"steps must be a positive integer, got {steps!r}")
         theta, rebuild, task = self._to_batch(params, hidden)
-        prompt = self._prompt(target_loss, target_error, target_return, len(theta), clamp_prompt)
+        prompt = self._prompt(target_loss, target_error, target_return, len(theta), clamp_prompt, task)
         kw = self._sampling(num_inference_steps, guidance_scale, num_samples, combine, sampler)
         for i in range(steps):
             theta = self._step(theta, prompt, current_loss if i == 0 else None, generator, task, **kw)
@@ -355,7 +355,10 @@ class LearnedOptimizer:
             raise GptParamsError(f"{what} contains NaN or Inf: {v.tolist()}")
         return v.clone()
 
-    def _prompt(self, target_loss, target_error, target_return, b: int, clamp: bool) -> torch.Tensor:
+    def _prompt(
+        self, target_loss, target_error, target_return, b: int, clamp: bool, task: Task
+    ) -> torch.Tensor:
+        """The prompt per network ``(b,)``, clamped to what the model can reach for ``task``."""
         given = {
             k: v
             for k, v in (
@@ -376,12 +379,12 @@ class LearnedOptimizer:
                 f"use target_loss or target_{self.metric}"
             )
         prompt = self._per_network(value, b, name)
-        lo, hi = self.reachable
+        lo, hi = self._reachable(task)
         outside = (prompt < lo) | (prompt > hi)
         if outside.any():
             asked = sorted(set(prompt[outside].tolist()))
             what = f"{name} {asked[0] if len(asked) == 1 else asked} lies beyond what the model can reach"
-            span = f"[{lo:.4g}, {hi:.4g}] in {self.metric_name}, best {self.best_prompt:.4g}"
+            span = f"[{lo:.4g}, {hi:.4g}] in {self.metric_name}"
             if clamp:
                 prompt = prompt.clamp(lo, hi)
                 to = sorted(set(prompt[outside].tolist()))
@@ -395,8 +398,13 @@ class LearnedOptimizer:
     def reachable(self) -> tuple[float, float]:
         """Prompts the model can reach: from the worst metric it was trained on to :attr:`best_prompt`
         (the value the best 5% of its training runs end at), as ``(low, high)``."""
+        return self._reachable(self.task)
+
+    def _reachable(self, task: Task) -> tuple[float, float]:
+        """:attr:`reachable` for networks of ``task`` (a family member's best prompt is its own)."""
+        best = self.best_prompt if task is self.task else best_prompt_for(self.exported.meta, task)
         lo, hi = self.metric_range
-        return (lo, self.best_prompt) if self.higher_is_better else (self.best_prompt, hi)
+        return (lo, best) if self.higher_is_better else (best, hi)
 
     @property
     def family(self) -> bool:

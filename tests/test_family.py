@@ -288,7 +288,8 @@ def family_export(tmp_path_factory):
         torch.nn.init.normal_(p, std=0.02)
     clamp = (torch.full((len(roles),), -4.0), torch.full((len(roles),), 4.0))
     metric = np.array([[2.3, 0.5], [2.2, 0.4]])
-    meta = export_meta(family_task, "val_loss", metric[:, -1], metric, family=True)
+    held = [(m, metric[i : i + 1, -1]) for i, m in enumerate(members)]  # best prompts 0.5 and 0.4
+    meta = export_meta(family_task, "val_loss", metric[:, -1], metric, family=True, members=held)
     assert "layout" not in meta and meta["family"] == list(roles)
     out = tmp_path_factory.mktemp("fam") / "fam"
     save_export(out, model, norm, clamp, DiffusionConfig(), meta, torch.float16)
@@ -550,3 +551,18 @@ def test_each_member_gets_its_own_best_prompt_or_that_of_the_nearest_member_held
     single = export_meta(family, "val_loss", finals, finals[:, None])  # one architecture: one best prompt
     assert "member_best_prompts" not in single
     assert best_prompt_for(single, family.member((5,))) == single["best_prompt"]
+
+
+def test_a_family_model_clamps_each_member_to_its_own_best_prompt(family_export):
+    import warnings
+
+    from gpt_params.optimizer import LearnedOptimizer
+
+    opt = LearnedOptimizer.from_pretrained(family_export[0])
+    for hidden, best in [((5,), 0.5), ((12, 7), 0.4), ((6,), 0.5), ((40, 40), 0.4)]:
+        member = opt.task.member(hidden)
+        assert LearnedOptimizer(opt.exported, member).best_prompt == pytest.approx(best)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt.step(member.build(0), target_loss=-1.0, num_inference_steps=1)
+        assert f"clamped to {best}" in str(caught[0].message), (hidden, caught[0].message)
