@@ -56,6 +56,11 @@ class HarvestConfig:
         "supervised: augment training images as the task defines (cifar10-cnn: G.pt's random flips and "
         "4-pixel crops)",
     )
+    train_images: int | None = opt(
+        None,
+        "supervised: train every run on the first N images of the train split (a random subset: splits are "
+        "shuffled once), e.g. a CPU-sized CIFAR-10 zoo; validation and test stay whole (default: all)",
+    )
     train_metric_images: int | None = opt(
         None,
         "supervised: score train_loss / train_error on the first N images of the train split "
@@ -93,7 +98,7 @@ class HarvestConfig:
             raise GptParamsError(
                 f"--ckpts-per-run must be at least 2 (init and final), got {self.ckpts_per_run}"
             )
-        for name in ("epochs", "timesteps", "train_metric_images"):
+        for name in ("epochs", "timesteps", "train_images", "train_metric_images"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise GptParamsError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
@@ -128,6 +133,7 @@ class HarvestConfig:
         d.pop("workers")
         d.pop("device")
         for name in (
+            "train_images",
             "train_metric_images",
             "augment",
             "hidden",

@@ -115,6 +115,18 @@ def test_train_metrics_on_a_subset_are_scored_on_the_first_images_and_recorded(t
         tiny(tmp_path, train_metric_images=0)
 
 
+def test_runs_can_train_on_a_subset_of_the_train_images_and_the_zoo_records_it(tmp_path):
+    cfg = tiny(tmp_path, runs=4, train_images=64, preset="gpt", ckpts_per_run=3)
+    harvest(cfg)
+    zoo = Zoo(cfg.out)
+    # G.pt's batch 128 shrinks to the 64 images: one step per epoch, against 9 on all 1,257
+    assert zoo.step[:, -1].tolist() == [2] * 4 and zoo.hparams[0]["batch_size"] == 64
+    assert zoo.harvest_config["train_images"] == 64
+    assert zoo.metrics["val_loss"][:, -1].mean() < zoo.metrics["val_loss"][:, 0].mean()
+    with pytest.raises(GptParamsError, match="--train-images must be a positive integer, got 0"):
+        tiny(tmp_path, train_images=0)
+
+
 def test_harvest_device_errors_are_one_line_and_touch_nothing(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(GptParamsError, match="CUDA is not available"):

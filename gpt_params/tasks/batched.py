@@ -44,7 +44,10 @@ def train_cohort(
 
     device = torch.device(cfg.device)
     data = task.data_on(device)
-    x, y = data.x["train"], data.y["train"]
+    subset = slice(
+        cfg.train_images
+    )  # the first N train images (a random subset: splits are shuffled), or all
+    x, y = data.x["train"][subset], data.y["train"][subset]
     n_train = len(y)
     batch = min(shape.batch_size, n_train)
     per_epoch = n_train // batch
