@@ -159,9 +159,11 @@ def train_curves(
     batch_size: int = 128,
     seed: int = 0,
     stop_at: tuple[str, np.ndarray] | None = None,
+    splits: tuple[str, ...] = ("val", "test"),
 ) -> Curve:
     """Train every network in ``theta0`` ``(N, D)`` for ``max_steps`` minibatch steps, or, with
-    ``stop_at=(metric, target (N,))``, until every network has been recorded at or below its target."""
+    ``stop_at=(metric, target (N,))``, until every network has been recorded at or below its target;
+    every ``eval_every`` steps the metrics of ``splits`` are recorded."""
     if optimizer not in OPTIMIZERS:
         raise GptParamsError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
     params = {k: v.clone().requires_grad_(True) for k, v in task.layout.unflatten(theta0.float()).items()}
@@ -175,7 +177,7 @@ def train_curves(
     def record(step: int) -> None:
         with torch.no_grad():
             theta = torch.cat([params[k].reshape(n, -1) for k in task.layout.names], 1)
-            records.append(task.evaluate(theta, splits=("val", "test")))
+            records.append(task.evaluate(theta, splits=splits))  # the splits' metrics only
         steps.append(step)
 
     record(0)

@@ -265,7 +265,7 @@ class SupervisedTask(Task):
 
         curve = train_curves(
             self, theta0, "adam", cfg.adam_lr, cfg.adam_steps, cfg.eval_every, seed=cfg.seed,
-            stop_at=(metric, achieved),
+            stop_at=(metric, achieved), splits=(metric.split("_")[0],),
         )  # fmt: skip
         return Baseline(
             name=f"Adam lr {cfg.adam_lr:g}, batch 128",
