@@ -135,12 +135,10 @@ def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
 
 def _format_summary(s: dict) -> str:
     size = (
-        f"{s['n_params']} parameters"
-        if s["n_params"] is not None
-        else f"{len(s['architectures'])} architectures"
-    )
+        f", {s['n_params']} parameters" if s["n_params"] is not None else ""
+    )  # a mixed zoo's label counts them
     lines = [
-        f"{s['path']}: task {s['task']}, {size}, {s['ckpts_per_run']} checkpoints per run",
+        f"{s['path']}: task {s['task']}{size}, {s['ckpts_per_run']} checkpoints per run",
         "runs: "
         + ", ".join(f"{k} {v}" for k, v in s["runs"].items())
         + f" ({s['diverged_runs']} diverged, excluded)",
@@ -305,7 +303,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             raise GptParamsError(
                 f"--hidden {args.hidden!r}: model {args.model!r} serves one architecture, {task.label}"
             )
-        from gpt_params.scripting import parse_hidden
+        from gpt_params.tasks.supervised import parse_hidden
 
         task = task.member(parse_hidden(args.hidden))
     if args.init is not None:

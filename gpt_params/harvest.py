@@ -22,6 +22,7 @@ from gpt_params.errors import GptParamsError
 from gpt_params.recipes import SPACINGS, checkpoint_steps, run_seed  # noqa: F401 (checkpoint_steps: API)
 from gpt_params.tasks import get_task
 from gpt_params.tasks.base import Task, TrainedCohort
+from gpt_params.tasks.supervised import parse_hidden
 from gpt_params.zoo import SPLIT_NAMES, Cohort, ZooWriter, member_attrs, zoo_attrs
 
 DIVERGED_ABS = 1e3  # a checkpoint with any |weight| above this counts as diverged
@@ -119,12 +120,7 @@ class HarvestConfig:
         """What :func:`~gpt_params.tasks.get_task` takes to build this harvest's task (data and member)."""
         options: dict = {"data_dir": self.data_dir} if self.data_dir else {}
         if self.hidden is not None:
-            try:
-                options["hidden"] = tuple(int(w) for w in self.hidden.split(","))
-            except ValueError:
-                raise GptParamsError(
-                    f"--hidden {self.hidden!r}: expected hidden widths separated by commas, e.g. 32 or 64,32"
-                ) from None
+            options["hidden"] = parse_hidden(self.hidden)
         return options
 
     def stored(self) -> dict:

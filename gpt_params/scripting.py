@@ -14,6 +14,7 @@ import torch
 from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import load_unseen
 from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.tasks.supervised import parse_hidden
 from gpt_params.zoo_reader import Zoo
 
 
@@ -51,16 +52,6 @@ def add_unseen_arguments(p: argparse.ArgumentParser, nets_help: str) -> None:
         help="a family model: the member to evaluate, hidden widths 32 or 64,32 (one a mixed zoo never "
         "held starts from fresh inits; default: the member a single-architecture zoo holds)",
     )
-
-
-def parse_hidden(text: str | None) -> tuple[int, ...] | None:
-    """``--hidden 64,32`` as ``(64, 32)`` (``None`` stays ``None``); a :class:`GptParamsError` otherwise."""
-    try:
-        return None if text is None else tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise GptParamsError(
-            f"--hidden {text!r}: expected hidden widths separated by commas, e.g. 32 or 64,32"
-        ) from None
 
 
 def hidden_or_exit(text: str | None) -> tuple[int, ...] | None:

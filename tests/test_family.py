@@ -206,7 +206,9 @@ def test_zoo_info_reports_a_mixed_zoo_per_architecture(tmp_path, capsys):
     out = harvest_mixed(tmp_path / "mixed.h5", runs=4, ckpts_per_run=2, cohort_size=2)
     assert main(["zoo", "info", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "task digits-mlp family (2 architectures)" in text and "final val_loss" in text
+    assert (
+        "task digits-mlp family (2 architectures), 2 checkpoints per run" in text and "final val_loss" in text
+    )
     rows = [line for line in text.splitlines() if line.startswith("digits-mlp hidden=")]
     assert len(rows) == 2 and all(sum(map(int, r.split()[3:6])) == 2 for r in rows)  # train + val + test runs
 

@@ -66,6 +66,16 @@ def mlp_logits(params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -
     return hid  # (B, C, N)
 
 
+def parse_hidden(text: str | None) -> tuple[int, ...] | None:
+    """``--hidden 64,32`` as ``(64, 32)`` (``None`` stays ``None``); a :class:`TaskError` otherwise."""
+    try:
+        return None if text is None else tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise TaskError(
+            f"--hidden {text!r}: expected hidden widths separated by commas, e.g. 32 or 64,32"
+        ) from None
+
+
 def mlp_hidden(family: str, hidden: int | Sequence[int]) -> tuple[int, ...]:
     """``hidden`` as a member of an MLP family's widths: one or two hidden layers of 1 to 256 units."""
     widths = (hidden,) if isinstance(hidden, int) else tuple(hidden) if isinstance(hidden, Sequence) else ()
