@@ -424,6 +424,12 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rl-nets", type=int, default=8, help="unseen inits per RL model (PPO baselines are slow)"
     )
+    p.add_argument(
+        "--cnn-nets",
+        type=int,
+        default=8,
+        help="unseen inits per CNN model (its Adam baseline is the costliest)",
+    )
     p.add_argument("--adam-steps", type=int, default=3000, help="Adam baseline budget per supervised model")
     p.add_argument("--ppo-timesteps", type=int, default=40_000, help="PPO baseline budget per policy")
     p.add_argument("--seed", type=int, default=0, help="sampler and baseline seed")
@@ -498,7 +504,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise GptParamsError(
                 f"unknown model {name!r}: not a directory and not a shipped model (shipped: {', '.join(shipped)})"
             )
-    for flag in ("nets", "rl_nets", "adam_steps", "ppo_timesteps"):
+    for flag in ("nets", "rl_nets", "cnn_nets", "adam_steps", "ppo_timesteps"):
         if getattr(args, flag) < 1:
             raise GptParamsError(
                 f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}"
@@ -506,6 +512,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = BaselineConfig(
         nets=args.nets,
         rl_nets=args.rl_nets,
+        cnn_nets=args.cnn_nets,
         adam_steps=args.adam_steps,
         ppo_timesteps=args.ppo_timesteps,
         seed=args.seed,

@@ -13,6 +13,7 @@ from gpt_params.evaluate import prompt_alignment, r_squared
 from gpt_params.harvest import HarvestConfig, harvest
 from gpt_params.layout import permute, random_perms
 from gpt_params.tasks import get_task
+from gpt_params.tasks.base import BaselineConfig
 from gpt_params.tasks.batched import Curve, steps_to_reach
 from gpt_params.zoo_reader import Zoo
 
@@ -251,6 +252,19 @@ def test_demo_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["demo", "--data-dir", "cifar10-cnn"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--data-dir 'cifar10-cnn': expected TASK=PATH" in err
+    assert main(["demo", "--cnn-nets", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--cnn-nets must be a positive integer, got 0" in err
+
+
+def test_demo_compares_fewer_inits_where_the_baseline_is_costly():
+    cfg = BaselineConfig(nets=16, rl_nets=3, cnn_nets=5)
+    counts = {
+        name: get_task(name).baseline_nets(cfg)
+        for name in ("mnist-mlp", "digits-mlp", "mnist-cnn", "cartpole")
+    }
+    assert counts == {"mnist-mlp": 16, "digits-mlp": 16, "mnist-cnn": 5, "cartpole": 3}
+    assert get_task("cifar10-cnn").baseline_nets(cfg) == 5  # no data needed to say so
 
 
 def test_train_curves_stops_once_every_net_reached_its_target():

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The mnist-mlp family model end to end on the 2 CPU cores: harvests the mixed-architecture zoo
+# (HARVEST_MINUTES, resumable), times training on it against a single-architecture zoo (40 steps each,
+# same preset and --batch-params), trains the family model for MINUTES, and scores it per member with
+# eval/family.py (held-out widths, two-layer shapes, the width-10 specialist zero-shot). Logs and
+# reports go to $OUT; $OUT/summary.json gathers them.
+#
+#   nohup bash benchmarks/family_cpu.sh > data/family.log 2>&1 &             # the recipe (~2.5 h)
+#   RUNS=64 COHORT=16 EPOCHS=1 HARVEST_MINUTES=2 MINUTES=0.2 PRESET=tiny NETS=2 WIDTHS="4 10" SHAPES="8,4" \
+#     ADAM_STEPS=20 TIMING_STEPS=3 OUT=/tmp/fam bash benchmarks/family_cpu.sh  # a smoke run (minutes)
+set -euo pipefail
+cd "$(dirname "$0")/.."  # repository root: train/ and eval/ scripts by relative path
+RUNS=${RUNS:-4000}; COHORT=${COHORT:-32}; CKPTS=${CKPTS:-20}; HARVEST_MINUTES=${HARVEST_MINUTES:-40}
+PRESET=${PRESET:-small}; MINUTES=${MINUTES:-88}; TIMING_STEPS=${TIMING_STEPS:-40}
+NETS=${NETS:-16}; ADAM_STEPS=${ADAM_STEPS:-3000}; EPOCHS=${EPOCHS:-25}
+WIDTHS=${WIDTHS:-"4 6 8 10 12 16 24 32 48 64 96 128 192 256"}; SHAPES=${SHAPES:-"32,16 64,64 128,32"}
+SPECIALIST=${SPECIALIST:-mnist-mlp-loss}
+DATA=${DATA:-data}; OUT=${OUT:-runs/mnist-mlp-family}; PY=${PYTHON:-python3}
+ZOO=$DATA/mnist-mlp-family.h5; SINGLE=$DATA/mnist-mlp-h64.h5
+TRAIN=(--preset "$PRESET" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
+  --mixed-precision bf16 --output-weight 1)
+logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
+  local log=$1; shift
+  "$@" > "$log" 2>&1 || { echo "family_cpu.sh: failed: $*" >&2; tail -n 3 "$log" >&2; exit 1; }
+}
+mkdir -p "$OUT" "$DATA"
+SECONDS=0
+# the harvest stops after HARVEST_MINUTES (a cohort is lost at most); rerunning resumes it
+timeout "${HARVEST_MINUTES}m" $PY -m gpt_params.cli harvest --task mnist-mlp --architectures mixed --preset adam \
+  --epochs "$EPOCHS" --runs "$RUNS" --cohort-size "$COHORT" --ckpts-per-run "$CKPTS" --out "$ZOO" > "$OUT/harvest.log" 2>&1 \
+  || { rc=$?; ((rc == 124)) || { echo "family_cpu.sh: harvest failed" >&2; tail -n 3 "$OUT/harvest.log" >&2; exit 1; }; }
+echo "harvest: ${SECONDS}s"
+logged "$OUT/harvest-single.log" $PY -m gpt_params.cli harvest --task mnist-mlp --hidden 64 --preset adam \
+  --epochs "$EPOCHS" --runs $((2 * COHORT)) --cohort-size "$COHORT" --ckpts-per-run "$CKPTS" --out "$SINGLE"
+for zoo in "$ZOO" "$SINGLE"; do  # throughput, mixed against single, same preset and batch size in parameters
+  name=$(basename "${zoo%.h5}")
+  logged "$OUT/timing-$name.log" $PY train/diffuse.py --zoo "$zoo" --out "$OUT/timing-$name" "${TRAIN[@]}" \
+    --max-steps "$TIMING_STEPS" --max-minutes 30 --eval-every 0 --save-every 1000000
+done
+echo "timing: ${SECONDS}s"
+logged "$OUT/train.log" $PY train/diffuse.py --zoo "$ZOO" --out "$OUT/model" "${TRAIN[@]}" --max-minutes "$MINUTES" \
+  --max-steps 1000000 --eval-every 0 --save-every 1000
+echo "train: ${SECONDS}s"
+# shellcheck disable=SC2086
+logged "$OUT/family.log" $PY eval/family.py --model "$OUT/model" --zoo "$ZOO" --widths $WIDTHS --shapes $SHAPES \
+  --specialist "$SPECIALIST" --nets "$NETS" --adam-steps "$ADAM_STEPS" --out "$OUT/family.json"
+echo "eval: ${SECONDS}s"
+$PY - "$OUT" <<'PYEOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+cfg = lambda d: json.loads((out / d / "config.json").read_text())
+summary = {
+    "timing": {d: cfg(f"timing-{d}")["timing"] for d in ("mnist-mlp-family", "mnist-mlp-h64")},
+    "model": {k: cfg("model").get(k) for k in ("n_model_params", "train_steps", "timing")},
+    "family": json.loads((out / "family.json").read_text()),
+}
+(out / "summary.json").write_text(json.dumps(summary, indent=1))
+PYEOF
+echo "done: ${SECONDS}s; $OUT/summary.json"
