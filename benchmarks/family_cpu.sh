@@ -18,7 +18,7 @@ SPECIALIST=${SPECIALIST:-mnist-mlp-loss}
 DATA=${DATA:-data}; OUT=${OUT:-runs/mnist-mlp-family}; PY=${PYTHON:-python3}
 ZOO=$DATA/mnist-mlp-family.h5; SINGLE=$DATA/mnist-mlp-h64.h5
 TRAIN=(--preset "$PRESET" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
-  --mixed-precision bf16 --output-weight 1)
+  --mixed-precision bf16)  # the function-space term (--output-weight) does not take mixed zoos yet
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift
   "$@" > "$log" 2>&1 || { echo "family_cpu.sh: failed: $*" >&2; tail -n 3 "$log" >&2; exit 1; }
