@@ -9,7 +9,9 @@ batch 128, each learning rate of a small grid. The learning rate kept per optimi
 reaches the G.pt step's *validation* loss in the fewest steps (median over nets); the report gives,
 for it, the gradient steps and the wall time (standard one-network PyTorch loop) needed to match the
 G.pt step's *test* loss, and the G.pt step's own wall time. Adam at lr 1e-3 is reported as well.
-Writes a JSON report and a loss-vs-steps plot (PNG).
+Steps to match are resolved to ``--resolution`` steps while whole curves are evaluated every
+``--eval-every`` (:func:`gpt_params.tasks.batched.steps_to_match`). Writes a JSON report and a
+loss-vs-steps plot (PNG).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from gpt_params.export import COMBINE
 from gpt_params.plots import draw_vs_gradient
 from gpt_params.scripting import add_unseen_arguments, fail, unseen_or_exit, utc_now
-from gpt_params.tasks.batched import seconds_per_step, steps_to_reach, train_curves
+from gpt_params.tasks.batched import seconds_per_step, steps_to_match
 
 
 def main() -> None:
@@ -45,7 +47,8 @@ def main() -> None:
         "or the one the model's critic predicts nearest the prompt (no data)",
     )
     p.add_argument("--max-steps", type=int, default=3000, help="gradient steps per baseline run")
-    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--eval-every", type=int, default=50, help="steps between evaluations of the curves")
+    p.add_argument("--resolution", type=int, default=5, help="resolution of the steps to match")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--adam-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     p.add_argument("--sgd-lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1])
@@ -85,24 +88,31 @@ def main() -> None:
         },
         "baselines": {},
     }
-    curves = {}
+    if a.eval_every % a.resolution:
+        raise fail(f"--eval-every {a.eval_every} must be a multiple of --resolution {a.resolution}")
+    targets = {m: gpt[m] for m in ("val_loss", "test_loss")}
+    curves, matched = {}, {}
+
+    def run(name: str, lr: float) -> None:
+        matched[(name, lr)], curves[(name, lr)] = steps_to_match(
+            task, theta0, name, lr, a.max_steps, targets, a.resolution, a.eval_every, a.batch_size,
+            a.seed, stop=False,
+        )  # fmt: skip
+
     for name, lrs in (("adam", a.adam_lrs), ("sgd", a.sgd_lrs)):
         trials = []
         for lr in lrs:
-            c = train_curves(task, theta0, name, lr, a.max_steps, a.eval_every, a.batch_size, a.seed)
-            val_steps = np.median(steps_to_reach(c, "val_loss", gpt["val_loss"]))
-            trials.append((val_steps, float(np.median(c.metrics["val_loss"][-1])), lr, c))
-            curves[(name, lr)] = c
-        val_steps, _, lr, c = min(trials, key=lambda t: (t[0], t[1]))
-        report["baselines"][name] = summarise(task, c, gpt["test_loss"], a.batch_size)
+            run(name, lr)
+            val_steps = np.median(matched[(name, lr)]["val_loss"])
+            trials.append((val_steps, float(np.median(curves[(name, lr)].metrics["val_loss"][-1])), lr))
+        val_steps, _, lr = min(trials)
+        report["baselines"][name] = summarise(task, curves[(name, lr)], matched[(name, lr)], a.batch_size)
         report["baselines"][name]["lr_grid"] = lrs
         report["baselines"][name]["val_steps_to_match_median"] = float(val_steps)
-    if (("adam", 1e-3)) not in curves:
-        curves[("adam", 1e-3)] = train_curves(
-            task, theta0, "adam", 1e-3, a.max_steps, a.eval_every, a.batch_size, a.seed
-        )
+    if ("adam", 1e-3) not in curves:
+        run("adam", 1e-3)
     report["baselines"]["adam_lr1e-3"] = summarise(
-        task, curves[("adam", 1e-3)], gpt["test_loss"], a.batch_size
+        task, curves[("adam", 1e-3)], matched[("adam", 1e-3)], a.batch_size
     )
     out = Path(a.out or Path(a.model) / "vs_gradient.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -124,8 +134,8 @@ def main() -> None:
     print(f"report: {out}\nplot: {plot}")
 
 
-def summarise(task, c, target: np.ndarray, batch_size: int) -> dict:
-    steps = steps_to_reach(c, "test_loss", target)
+def summarise(task, c, matched: dict[str, np.ndarray], batch_size: int) -> dict:
+    steps = matched["test_loss"]
     sec = seconds_per_step(task, c.optimizer, c.lr, batch_size)
     med = float(np.median(steps))
     return {

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gpt_params.align import align, aligned_distances, nearest
+from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import prompt_alignment, r_squared
 from gpt_params.harvest import HarvestConfig, harvest
 from gpt_params.layout import permute, random_perms
@@ -213,6 +214,13 @@ def test_ppo_baseline_counts_adam_steps_and_stops_once_matched():
     # net 0's target is its own start (0 steps); net 1's is out of reach in 2 PPO updates (inf)
     steps, hist = ppo_steps_to_reach(task, theta, np.array([start[0], 1e9]), states, max_timesteps=512)
     assert steps[0] == 0 and np.isinf(steps[1])
+    # two worker processes train the same runs (each actor keeps its own seed)
+    steps2, hist2 = ppo_steps_to_reach(
+        task, theta, np.array([start[0], 1e9]), states, max_timesteps=512, workers=2
+    )
+    np.testing.assert_array_equal(steps2, steps)
+    for a, b in zip(hist, hist2, strict=True):
+        np.testing.assert_array_equal(a, b)
     assert len(hist[0]) == 1 and hist[0][0] == pytest.approx(start[0])
     assert len(hist[1]) == 3  # the init, then after each of the 2 updates (8 envs x 32 steps each)
     assert hist[1][0] == pytest.approx(start[1])
@@ -346,3 +354,38 @@ def test_harvest_throughput_benchmark_reports_training_rates(tmp_path):
     rates = rep["training_net_images_per_s"]
     assert set(rates) == {"harvest", "plain_batched", "one_at_a_time"} and all(v > 0 for v in rates.values())
     assert rep["training_vs_plain_batched"] == pytest.approx(rates["harvest"] / rates["plain_batched"])
+
+
+def test_steps_to_match_agrees_with_the_fine_curve_at_fewer_evaluations(monkeypatch):
+    from gpt_params.tasks.batched import steps_to_match, train_curves
+
+    task = get_task("digits-mlp")
+    theta = torch.stack([task.flatten(task.build(s)) for s in range(4)])
+    fine = train_curves(task, theta, "adam", 3e-3, 80, eval_every=5)
+    # targets crossed at different fine steps, some between two coarse evaluations, one never
+    targets = {m: fine.metrics[m][[3, 7, 11, 0]].diagonal().copy() for m in ("test_loss", "val_loss")}
+    targets["test_loss"][3] = 0.0
+    targets["val_loss"][:] = fine.metrics["val_loss"][[2, 5, 9, 14]].diagonal()
+    want = {m: steps_to_reach(fine, m, t) for m, t in targets.items()}
+    calls = []
+    evaluate = task.evaluate
+    monkeypatch.setattr(
+        task, "evaluate", lambda theta, **kw: calls.append(len(theta)) or evaluate(theta, **kw)
+    )
+    got, coarse = steps_to_match(
+        task, theta, "adam", 3e-3, 80, {"test_loss": targets["test_loss"]}, resolution=5, coarse=20
+    )
+    np.testing.assert_array_equal(got["test_loss"], want["test_loss"])
+    assert np.isinf(got["test_loss"][3]) and len(set(got["test_loss"][:3])) == 3
+    np.testing.assert_array_equal(coarse.steps, [0, 20, 40, 60, 80])
+    np.testing.assert_allclose(coarse.metrics["test_loss"], fine.metrics["test_loss"][::4], rtol=1e-6)
+    assert sum(calls) < 4 * len(fine.steps)  # fewer network evaluations than the fine curve's
+    # several metrics at once, run to the end without stopping, extra splits on the coarse curve
+    got, coarse = steps_to_match(
+        task, theta, "adam", 3e-3, 80, targets, resolution=5, coarse=20, stop=False, splits=("train",)
+    )
+    for m in targets:
+        np.testing.assert_array_equal(got[m], want[m])
+    assert {"train_loss", "val_loss", "test_error"} <= set(coarse.metrics) and coarse.steps[-1] == 80
+    with pytest.raises(GptParamsError, match="multiple of resolution"):
+        steps_to_match(task, theta, "adam", 3e-3, 80, targets, resolution=3, coarse=20)

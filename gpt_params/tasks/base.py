@@ -46,7 +46,9 @@ class BaselineConfig:
     cnn_nets: int = 8  # unseen inits compared for CNNs (a batched CNN step costs far more than an MLP one)
     adam_lr: float = 1e-3  # supervised: Adam learning rate, batch 128
     adam_steps: int = 3000  # supervised: Adam steps at most
-    eval_every: int = 10  # supervised: steps between evaluations
+    eval_every: int = 10  # supervised: resolution of the Adam steps to match
+    coarse_every: int = 50  # supervised: steps between evaluations of all nets (a multiple of eval_every)
+    rl_workers: int = 2  # RL: processes training baseline policies side by side
     ppo_timesteps: int = 40_000  # RL: PPO environment timesteps at most
     episodes: int = 20  # RL: held-out episodes per policy
     seed: int = 0

@@ -8,7 +8,7 @@ its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -149,6 +149,44 @@ class Curve:
     metrics: dict[str, np.ndarray]
 
 
+def minibatch_steps(
+    task: SupervisedTask,
+    theta0: torch.Tensor,
+    optimizer: str,
+    lr: float,
+    max_steps: int,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> Iterator[tuple[int, Callable[[], torch.Tensor]]]:
+    """Trains every network in ``theta0`` ``(N, D)`` at once for ``max_steps`` minibatch steps (one
+    shared data order), yielding ``(step, flat)`` at step 0 and after each step, where ``flat()`` gives
+    the current parameters ``(N, D)`` (a detached copy, built only when asked for)."""
+    if optimizer not in OPTIMIZERS:
+        raise GptParamsError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
+    params = {k: v.clone().requires_grad_(True) for k, v in task.layout.unflatten(theta0.float()).items()}
+    opt = OPTIMIZERS[optimizer](list(params.values()), lr)
+    x, y = task.data.x["train"], task.data.y["train"]
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=g)
+    pos, n = 0, len(theta0)
+
+    def flat() -> torch.Tensor:
+        return torch.cat([params[k].detach().reshape(n, -1) for k in task.layout.names], 1)  # (N, D)
+
+    yield 0, flat
+    for step in range(1, max_steps + 1):
+        if pos + batch_size > len(y):
+            order, pos = torch.randperm(len(y), generator=g), 0
+        idx = order[pos : pos + batch_size]
+        pos += batch_size
+        logits = task.logits(params, x[idx], shared=True)  # (N, C, b)
+        loss = F.cross_entropy(logits, y[idx].expand(n, -1), reduction="none").mean(1).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        yield step, flat
+
+
 def train_curves(
     task: SupervisedTask,
     theta0: torch.Tensor,
@@ -164,39 +202,16 @@ def train_curves(
     """Train every network in ``theta0`` ``(N, D)`` for ``max_steps`` minibatch steps, or, with
     ``stop_at=(metric, target (N,))``, until every network has been recorded at or below its target;
     every ``eval_every`` steps the metrics of ``splits`` are recorded."""
-    if optimizer not in OPTIMIZERS:
-        raise GptParamsError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
-    params = {k: v.clone().requires_grad_(True) for k, v in task.layout.unflatten(theta0.float()).items()}
-    opt = OPTIMIZERS[optimizer](list(params.values()), lr)
-    x, y = task.data.x["train"], task.data.y["train"]
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(y), generator=g)
-    pos, n = 0, len(theta0)
     steps, records = [], []
-
-    def record(step: int) -> None:
-        with torch.no_grad():
-            theta = torch.cat([params[k].reshape(n, -1) for k in task.layout.names], 1)
-            records.append(task.evaluate(theta, splits=splits))  # the splits' metrics only
+    for step, flat in minibatch_steps(task, theta0, optimizer, lr, max_steps, batch_size, seed):
+        if step % eval_every and step != max_steps:
+            continue
+        records.append(task.evaluate(flat(), splits=splits))  # the splits' metrics only
         steps.append(step)
-
-    record(0)
-    for step in range(1, max_steps + 1):
-        if pos + batch_size > len(y):
-            order, pos = torch.randperm(len(y), generator=g), 0
-        idx = order[pos : pos + batch_size]
-        pos += batch_size
-        logits = task.logits(params, x[idx], shared=True)  # (N, C, b)
-        loss = F.cross_entropy(logits, y[idx].expand(n, -1), reduction="none").mean(1).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % eval_every == 0 or step == max_steps:
-            record(step)
-            if stop_at is not None:
-                hit = np.stack([r[stop_at[0]] for r in records]) <= stop_at[1][None]  # (E, N)
-                if hit.any(0).all():
-                    break
+        if stop_at is not None:
+            hit = np.stack([r[stop_at[0]] for r in records]) <= stop_at[1][None]  # (E, N)
+            if hit.any(0).all():
+                break
     metrics = {k: np.stack([r[k] for r in records]) for k in records[0]}
     return Curve(optimizer, lr, np.array(steps), metrics)
 
@@ -206,6 +221,65 @@ def steps_to_reach(curve: Curve, metric: str, target: np.ndarray) -> np.ndarray:
     hit = curve.metrics[metric] <= target[None]  # (E, N)
     first = np.where(hit.any(0), hit.argmax(0), -1)
     return np.where(first >= 0, curve.steps[np.maximum(first, 0)], np.inf).astype(float)
+
+
+def steps_to_match(
+    task: SupervisedTask,
+    theta0: torch.Tensor,
+    optimizer: str,
+    lr: float,
+    max_steps: int,
+    targets: dict[str, np.ndarray],
+    resolution: int = 10,
+    coarse: int = 50,
+    batch_size: int = 128,
+    seed: int = 0,
+    stop: bool = True,
+    splits: tuple[str, ...] = (),
+) -> tuple[dict[str, np.ndarray], Curve]:
+    """Per metric of ``targets`` (name -> ``(N,)``) and network in ``theta0`` ``(N, D)``, the first
+    multiple of ``resolution`` steps at which the metric is at or below its target (inf if none within
+    ``max_steps``), and the curve of the metrics' splits (and ``splits``) every ``coarse`` steps, until
+    every network reached every target (``stop``) or to ``max_steps``.
+
+    Only every ``coarse`` steps are all networks evaluated; the parameters every ``resolution`` steps
+    in between are kept, and a network that first reaches a target at a coarse evaluation has those
+    snapshots evaluated. The answer is ``steps_to_reach`` of ``train_curves(eval_every=resolution)``
+    at a fraction of its evaluations, unless a metric dips below its target and back between two
+    coarse evaluations (then this finds a later crossing)."""
+    if resolution < 1 or coarse % resolution:
+        raise GptParamsError(f"coarse={coarse} must be a multiple of resolution={resolution} >= 1")
+    needed = tuple(dict.fromkeys([*(m.split("_")[0] for m in targets), *splits]))  # ordered, unique
+    found = {m: np.full(len(theta0), np.inf) for m in targets}
+    snapshots: list[tuple[int, torch.Tensor]] = []  # (step, (N, D)) since the last coarse evaluation
+    steps, records = [], []
+    for step, flat in minibatch_steps(task, theta0, optimizer, lr, max_steps, batch_size, seed):
+        if step % coarse and step != max_steps:
+            if step % resolution == 0:
+                snapshots.append((step, flat()))
+            continue
+        now = task.evaluate(flat(), splits=needed)  # name -> (N,)
+        steps.append(step)
+        records.append(now)
+        new = {m: np.flatnonzero(np.isinf(f) & (now[m] <= targets[m])) for m, f in found.items()}
+        for m, nets in new.items():
+            found[m][nets] = step
+        refine = np.unique(np.concatenate(list(new.values())))
+        if len(refine) and snapshots:
+            between = torch.cat([theta[refine] for _, theta in snapshots])  # (S * n, D)
+            fine = task.evaluate(between, splits=tuple(dict.fromkeys(m.split("_")[0] for m in new)))
+            at = np.array([s for s, _ in snapshots])
+            for m, nets in new.items():
+                cols = np.searchsorted(refine, nets)
+                hit = (
+                    fine[m].reshape(len(snapshots), len(refine))[:, cols] <= targets[m][nets][None]
+                )  # (S, n)
+                found[m][nets] = np.where(hit.any(0), at[hit.argmax(0)], step)
+        snapshots = []
+        if stop and all(np.isfinite(f).all() for f in found.values()):
+            break
+    metrics = {k: np.stack([r[k] for r in records]) for k in records[0]}
+    return found, Curve(optimizer, lr, np.array(steps), metrics)
 
 
 def seconds_per_step(

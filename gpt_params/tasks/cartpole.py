@@ -152,7 +152,9 @@ class CartPoleTask(Task):
         from gpt_params.tasks.ppo import n_updates, ppo_adam_steps_per_update, ppo_steps_to_reach
 
         states = fresh_initial_states(cfg.episodes)
-        steps, histories = ppo_steps_to_reach(self, theta0, achieved, states, cfg.ppo_timesteps, cfg.seed)
+        steps, histories = ppo_steps_to_reach(
+            self, theta0, achieved, states, cfg.ppo_timesteps, cfg.seed, workers=cfg.rl_workers
+        )
         recipe = PPORecipe(total_timesteps=cfg.ppo_timesteps)
         per_update = ppo_adam_steps_per_update(recipe)
         return Baseline(

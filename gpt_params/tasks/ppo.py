@@ -143,23 +143,38 @@ def ppo_steps_to_reach(
     initial_states: np.ndarray,
     max_timesteps: int = 40_000,
     seed: int = 0,
+    workers: int = 1,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The RL counterpart of :func:`steps_to_reach`: for each CartPole actor in ``theta0`` ``(N, D)``,
     stable-baselines3 PPO with rl-zoo's tuned CartPole hyperparameters (Adam, lr 1e-3) starting from
     that actor, scored after every PPO update by deterministic rollouts from ``initial_states`` and
-    stopped once its mean return reaches ``target[i]``.
+    stopped once its mean return reaches ``target[i]``. With ``workers`` > 1 the actors train in that
+    many processes side by side (each actor's run is the same either way: its own seed, one thread).
 
     Returns the Adam steps taken by then per network ``(N,)`` (updates x epochs x minibatches; inf
     when ``max_timesteps`` ran out first) and each network's mean return after every update."""
     recipe = PPORecipe(total_timesteps=max_timesteps)
     adam_per_update = ppo_adam_steps_per_update(recipe)
-    steps, histories = [], []
-    for i, theta in enumerate(theta0.float()):
-        history = _ppo_until(task, theta, float(target[i]), initial_states, recipe, seed + i)
+    jobs = [
+        (task, theta, float(target[i]), initial_states, recipe, seed + i)
+        for i, theta in enumerate(theta0.float())
+    ]
+    if workers > 1 and len(jobs) > 1:
+        # one thread each: SB3's small networks gain nothing from more, and the workers share the cores
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(min(workers, len(jobs)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            histories = pool.map(_ppo_until_star, jobs, chunksize=1)
+    else:
+        histories = [_ppo_until_star(job) for job in jobs]
+    steps = []
+    for i, history in enumerate(histories):
         reached = np.flatnonzero(history >= target[i])
         steps.append(float(reached[0] * adam_per_update) if len(reached) else np.inf)
-        histories.append(history)
     return np.asarray(steps), histories
+
+
+def _ppo_until_star(args: tuple) -> np.ndarray:
+    return _ppo_until(*args)
 
 
 def ppo_adam_steps_per_update(recipe) -> int:

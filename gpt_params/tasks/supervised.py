@@ -275,16 +275,17 @@ class SupervisedTask(Task):
         self, theta0: torch.Tensor, metric: str, achieved: np.ndarray, cfg: BaselineConfig
     ) -> Baseline:
         """Adam (lr ``cfg.adam_lr``, batch 128) from ``theta0`` until each network's ``metric`` (a test
-        metric, see :meth:`score_held_out`) reaches ``achieved`` (at most ``cfg.adam_steps`` steps)."""
-        from gpt_params.tasks.batched import steps_to_reach, train_curves
+        metric, see :meth:`score_held_out`) reaches ``achieved`` (at most ``cfg.adam_steps`` steps),
+        resolved to ``cfg.eval_every`` steps (:func:`~gpt_params.tasks.batched.steps_to_match`)."""
+        from gpt_params.tasks.batched import steps_to_match
 
-        curve = train_curves(
-            self, theta0, "adam", cfg.adam_lr, cfg.adam_steps, cfg.eval_every, seed=cfg.seed,
-            stop_at=(metric, achieved), splits=(metric.split("_")[0],),
+        steps, curve = steps_to_match(
+            self, theta0, "adam", cfg.adam_lr, cfg.adam_steps, {metric: achieved},
+            resolution=cfg.eval_every, coarse=cfg.coarse_every, seed=cfg.seed,
         )  # fmt: skip
         return Baseline(
             name=f"Adam lr {cfg.adam_lr:g}, batch 128",
-            steps=steps_to_reach(curve, metric, achieved),
+            steps=steps[metric],
             budget=cfg.adam_steps,
             xlabel="Adam steps (batch 128)",
             curves={f"Adam, lr {cfg.adam_lr:g}": (curve.steps, np.median(curve.metrics[metric], 1))},
