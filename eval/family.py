@@ -74,6 +74,31 @@ def row(label: str, kind: str, hidden: tuple[int, ...], held: bool | None, r) ->
     }
 
 
+def markdown(rows: list[dict]) -> str:
+    """The report as a Markdown table, one line per member, the zero-shot specialist beside it."""
+
+    def steps(r: dict) -> str:
+        if r["adam_steps"] is None:
+            return f"> {r['adam_max_steps']:,}"
+        partial = f" ({r['adam_matched']:.0%} matched)" if r["adam_matched"] < 1 else ""
+        return f"{r['adam_steps']:,.0f}{partial}"
+
+    held = {True: "yes", False: "**no**", None: "?"}
+    zero = {r["member"]: r for r in rows if r["model"] != "family"}
+    lines = [
+        "| member | zoo held it | start | prompt | one step | R^2 | Adam steps to match | zero-shot specialist: one step, R^2, Adam steps |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in (r for r in rows if r["model"] == "family"):
+        z = zero.get(r["member"])
+        spec = "" if z is None else f"{z['test_loss']:.3f}, {z['r2']:.2f}, {steps(z)}"
+        lines.append(
+            f"| {'-'.join(map(str, r['hidden']))} | {held[r['held_by_zoo']]} | {r['start_test_loss']:.3f} | "
+            f"{r['prompt']:.3f} | {r['test_loss']:.3f} | {r['r2']:.3f} | {steps(r)} | {spec} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="family model: export directory or shipped name")
@@ -129,6 +154,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     family_figure(rows).savefig(out.with_suffix(".png"), dpi=120)
+    print(markdown(rows))
     print(f"report: {out}\nplot: {out.with_suffix('.png')}")
 
 

@@ -427,8 +427,8 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cnn-nets",
         type=int,
-        default=8,
-        help="unseen inits per CNN model (its Adam baseline is the costliest)",
+        default=4,
+        help="unseen inits per CNN model (its Adam baseline and test-set passes are the costliest)",
     )
     p.add_argument("--adam-steps", type=int, default=3000, help="Adam baseline budget per supervised model")
     p.add_argument("--ppo-timesteps", type=int, default=40_000, help="PPO baseline budget per policy")
@@ -446,9 +446,9 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 DEMO_DATA = ("cifar10-cnn=../shared/datasets/cifar10-jpeg.tar.gz",)  # the JPEG copy beside a checkout
-# hidden widths a family model is shown on: narrow, G.pt's 10, wide, and two layers (an export's
-# meta "demo_members" overrides them)
-DEMO_MEMBERS = ((4,), (10,), (64,), (256,), (64, 32))
+# hidden widths a family model is shown on: narrowest and widest, and three that no `--architectures mixed` zoo
+# holds (G.pt's 10, 48, two layers of 64); an export's meta "demo_members" overrides them
+DEMO_MEMBERS = ((4,), (10,), (48,), (256,), (64, 64))
 
 
 def demo_members(name: str, opt) -> list[tuple[str, object]]:

@@ -500,6 +500,8 @@ def test_family_eval_scores_each_member_beside_a_zero_shot_specialist(family_exp
         ("zero-shot digits-mlp-loss", [12]), ("family", [6, 4]),
     ]  # fmt: skip
     assert out.with_suffix(".png").stat().st_size > 0
+    table = [line for line in res.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 4 and table[1].startswith("| 5 |") and table[-1].startswith("| 6-4 |"), table
     bad = run_script(path, "--model", family_export[0], "--widths", "300", "--out", out)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "digits-mlp family" in bad.stderr, (
         bad.stderr
@@ -531,7 +533,7 @@ def test_demo_shows_a_family_model_on_each_demo_member(family_export, tmp_path, 
     rows = json.loads((tmp_path / "demo" / "demo.json").read_text())["models"]
     assert [r["model"] for r in rows] == [f"{family_export[0]} {'-'.join(map(str, h))}" for h in DEMO_MEMBERS]
     assert all(r["nets"] == 2 and r["achieved"] == r["achieved"] for r in rows)  # not NaN
-    assert "64-32" in capsys.readouterr().out
+    assert "64-64" in capsys.readouterr().out
 
 
 def test_each_member_gets_its_own_best_prompt_or_that_of_the_nearest_member_held():

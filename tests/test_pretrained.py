@@ -53,8 +53,8 @@ def demo_step(opt, nets):
 
 def assert_inside_the_zoo_range(opt, new):
     """Every output coordinate lies within the zoo's parameter range the export clamps to."""
-    low, high = opt.exported.clamp  # normalised (D,)
-    z = opt.exported.normalizer.normalize(new)
+    normalizer, (low, high), _ = opt.exported.member(opt.task)  # clamp: normalised (D,)
+    z = normalizer.normalize(new)
     outside = ((z < low - 1e-4) | (z > high + 1e-4)).float().mean().item()
     assert outside == 0, f"{outside:.2%} of output coordinates lie outside the zoo's range"
 
