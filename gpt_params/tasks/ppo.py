@@ -149,7 +149,7 @@ def ppo_steps_to_reach(
     stable-baselines3 PPO with rl-zoo's tuned CartPole hyperparameters (Adam, lr 1e-3) starting from
     that actor, scored after every PPO update by deterministic rollouts from ``initial_states`` and
     stopped once its mean return reaches ``target[i]``. With ``workers`` > 1 the actors train in that
-    many processes side by side (each actor's run is the same either way: its own seed, one thread).
+    many processes side by side, one thread each (every actor keeps its own seed, ``seed + i``).
 
     Returns the Adam steps taken by then per network ``(N,)`` (updates x epochs x minibatches; inf
     when ``max_timesteps`` ran out first) and each network's mean return after every update."""
