@@ -6,6 +6,8 @@
 # reports go to $OUT; $OUT/summary.json gathers them.
 #
 #   nohup bash benchmarks/family_cpu.sh > data/family.log 2>&1 &             # the recipe (~2.5 h)
+#   OUTPUT_WEIGHT=1 EVAL_EVERY=250 ...: with the function-space term and validation R^2 of the narrowest,
+#     middle and widest members with val runs in train.log
 #   RUNS=64 COHORT=16 EPOCHS=1 HARVEST_MINUTES=2 MINUTES=0.2 PRESET=tiny NETS=2 WIDTHS="4 10" SHAPES="8,4" \
 #     ADAM_STEPS=20 TIMING_STEPS=3 OUT=/tmp/fam bash benchmarks/family_cpu.sh  # a smoke run (minutes)
 set -euo pipefail
@@ -17,8 +19,9 @@ WIDTHS=${WIDTHS:-"4 6 8 10 12 16 24 32 48 64 96 128 192 256"}; SHAPES=${SHAPES:-
 SPECIALIST=${SPECIALIST:-mnist-mlp-loss}
 DATA=${DATA:-data}; OUT=${OUT:-runs/mnist-mlp-family}; PY=${PYTHON:-python3}
 ZOO=$DATA/mnist-mlp-family.h5; SINGLE=$DATA/mnist-mlp-h64.h5
+OUTPUT_WEIGHT=${OUTPUT_WEIGHT:-0}; EVAL_EVERY=${EVAL_EVERY:-0}  # function-space term; per-member validation
 TRAIN=(--preset "$PRESET" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
-  --mixed-precision bf16)  # the function-space term (--output-weight) does not take mixed zoos yet
+  --mixed-precision bf16 --output-weight "$OUTPUT_WEIGHT" --output-probes 32)
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift
   "$@" > "$log" 2>&1 || { echo "family_cpu.sh: failed: $*" >&2; tail -n 3 "$log" >&2; exit 1; }
@@ -39,7 +42,7 @@ for zoo in "$ZOO" "$SINGLE"; do  # throughput, mixed against single, same preset
 done
 echo "timing: ${SECONDS}s"
 logged "$OUT/train.log" $PY train/diffuse.py --zoo "$ZOO" --out "$OUT/model" "${TRAIN[@]}" --max-minutes "$MINUTES" \
-  --max-steps 1000000 --eval-every 0 --save-every 1000
+  --max-steps 1000000 --eval-every "$EVAL_EVERY" --save-every 1000
 echo "train: ${SECONDS}s"
 # shellcheck disable=SC2086
 logged "$OUT/family.log" $PY eval/family.py --model "$OUT/model" --zoo "$ZOO" --widths $WIDTHS --shapes $SHAPES \

@@ -389,3 +389,25 @@ def test_steps_to_match_agrees_with_the_fine_curve_at_fewer_evaluations(monkeypa
     assert {"train_loss", "val_loss", "test_error"} <= set(coarse.metrics) and coarse.steps[-1] == 80
     with pytest.raises(GptParamsError, match="multiple of resolution"):
         steps_to_match(task, theta, "adam", 3e-3, 80, targets, resolution=3, coarse=20)
+
+
+@pytest.mark.slow
+def test_ablation_benchmark_trains_each_variant_and_scores_it_on_the_chosen_split(digits, tmp_path):
+    zoo, _ = digits
+    out = tmp_path / "abl"
+    res = run_script(
+        repo_root() / "benchmarks" / "ablation.py", "--zoo", zoo, "--minutes", 0.005, "--preset", "tiny",
+        "--variants", "reference", "no-output", "--split", "val", "--nets", 1, "--out", out,
+        "--train-args", "--output-weight 1 --output-probes 4 --max-steps 2",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "ablation.json").read_text())
+    assert report["split"] == "val" and [r["variant"] for r in report["rows"]] == ["reference", "no-output"]
+    # the variant's flag comes after --train-args, so it wins
+    weights = [
+        json.loads((out / v / "config.json").read_text())["train"]["output_weight"]
+        for v in ("reference", "no-output")
+    ]
+    assert weights == [1.0, 0.0]
+    assert all(np.isfinite(r["r2"]) and np.isfinite(r["one_step_loss"]) for r in report["rows"])
+    assert "one-step val loss" in res.stdout

@@ -17,6 +17,7 @@ def test_family_script_harvests_times_trains_and_scores_members(tmp_path):
         **os.environ,
         "RUNS": "32", "COHORT": "8", "EPOCHS": "1", "CKPTS": "3", "HARVEST_MINUTES": "5", "PRESET": "tiny", "MINUTES": "0.05",
         "TIMING_STEPS": "2", "NETS": "1", "ADAM_STEPS": "20", "WIDTHS": "4 10", "SHAPES": "8,4",
+        "OUTPUT_WEIGHT": "1", "EVAL_EVERY": "1",
         "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "PYTHON": sys.executable,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }  # fmt: skip
@@ -30,3 +31,6 @@ def test_family_script_harvests_times_trains_and_scores_members(tmp_path):
     assert summary["model"]["train_steps"] >= 1
     members = {tuple(r["hidden"]) for r in summary["family"]["rows"] if r["model"] == "family"}
     assert members == {(4,), (10,), (8, 4)}
+    # per-member validation during training: R^2 of the narrowest, middle and widest member with val runs
+    log = (tmp_path / "out" / "train.log").read_text()
+    assert "val prompt alignment R^2" in log and "hidden=" in log

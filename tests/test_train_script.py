@@ -222,7 +222,11 @@ def test_a_mixed_zoo_trains_one_family_model_that_steps_any_member(tmp_path):
 
     zoo = harvest_mixed(tmp_path / "mixed.h5", runs=12, ckpts_per_run=4, cohort_size=4)
     out = tmp_path / "run"
-    run(["--zoo", str(zoo), "--out", str(out), "--max-steps", "2", "--eval-every", "2", *TINY[:-4]])
+    res = run(
+        ["--zoo", str(zoo), "--out", str(out), "--max-steps", "2", "--eval-every", "2", "--output-weight", "1",
+         "--output-probes", "8", *TINY[:-4]]
+    )  # fmt: skip
+    assert "out=" in res.stderr  # the function-space term, per batch's member
     exp = load_export(out)
     assert exp.model.family is not None and exp.meta["family"][0] == "in_weight" and "layout" not in exp.meta
     from gpt_params.zoo_reader import Zoo

@@ -14,6 +14,7 @@ import argparse
 import functools
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -200,22 +201,38 @@ def make_output_loss(
     device: torch.device,
     n_probes: int,
     seed: int,
+    members: dict[int, tuple[Task, ParamNormalizer]] | None = None,
 ):
     """The function-space term's per-network distance ``(B,)`` between normalised parameter batches
     ``(B, D)``: mean squared difference of the two networks' outputs on ``n_probes`` fixed
-    inputs, divided by the variance of zoo networks' outputs there (so it is scale-free)."""
-    bank = torch.from_numpy(zoo.sample_checkpoints(rows, BANK_SIZE, np.random.default_rng(seed)))  # (n, D)
+    inputs, divided by the variance of zoo networks' outputs there (so it is scale-free).
+
+    A mixed zoo passes ``members`` (member -> its task and normaliser): the term is then called as
+    ``output_loss(pred, target, member)``, with one set of probe inputs and one scale for the family."""
+    rng = np.random.default_rng(seed)
+    if members is None:
+        bank = {None: torch.from_numpy(zoo.sample_checkpoints(rows, BANK_SIZE, rng))}  # (n, D)
+        members = {None: (task, normalizer)}
+    else:  # BANK_SIZE checkpoints of train runs of any members, grouped by member
+        picks = rng.choice(rows, size=BANK_SIZE, replace=len(rows) < BANK_SIZE)
+        ks = rng.integers(zoo.n_ckpts, size=BANK_SIZE)
+        bank = {}
+        for r, k in zip(picks.tolist(), ks.tolist(), strict=True):
+            bank.setdefault(int(zoo.member[r]), []).append(torch.from_numpy(zoo.checkpoint(r, k)))
+        bank = {m: torch.stack(v) for m, v in bank.items()}  # member -> (n_m, D_m)
     try:
-        probes = task.probe_inputs(bank, n_probes, seed).to(device)  # (S, ...)
+        probes = task.probe_inputs(next(iter(bank.values())), n_probes, seed).to(device)  # (S, ...)
     except (NotImplementedError, ValueError) as e:
         fail(f"--output-probes {n_probes}: {e}")
     with torch.no_grad():
-        scale = task.outputs(bank.to(device), probes).float().var().clamp_min(1e-8)
+        outs = [members[m][0].outputs(b.to(device), probes).float() for m, b in bank.items()]  # (n_m, S, O)
+        scale = torch.cat(outs).var().clamp_min(1e-8)
 
-    def output_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        a = task.outputs(normalizer.denormalize(pred), probes)  # (B, S, O)
+    def output_loss(pred: torch.Tensor, target: torch.Tensor, member: int | None = None) -> torch.Tensor:
+        net, norm = members[member]
+        a = net.outputs(norm.denormalize(pred), probes)  # (B, S, O)
         with torch.no_grad():
-            b = task.outputs(normalizer.denormalize(target), probes)
+            b = net.outputs(norm.denormalize(target), probes)
         return (a.float() - b.float()).pow(2).mean(dim=(1, 2)) / scale  # (B,)
 
     return output_loss
@@ -230,26 +247,33 @@ def latest_checkpoint(state_dir: Path) -> tuple[Path, int]:
 
 
 def make_validate(task: Task, zoo: Zoo, n_nets: int, normalizer, clamp, dcfg, meta) -> Callable:
-    """``validate(model) -> R^2``: G.pt's prompt alignment of ``model`` on the first ``n_nets``
-    val-split inits (of a mixed zoo: of the member with the most val runs), through
-    :meth:`LearnedOptimizer.step` (5 prompts, DDIM-5, one sample); None without val runs."""
-    rows = zoo.runs("val")
-    if zoo.mixed and len(rows):
-        member = int(np.bincount(zoo.member[rows]).argmax())
-        task, rows = zoo.make_task(member=member), zoo.runs_of_member(member, "val")
-    rows = rows[:n_nets]
-    if len(rows) == 0:
-        return lambda model: None
-    theta = torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows])  # (N, D)
+    """``validate(model) -> {member: R^2}``: G.pt's prompt alignment of ``model`` on the first
+    ``n_nets`` val-split inits, through :meth:`LearnedOptimizer.step` (5 prompts, DDIM-5, one
+    sample). A single-architecture zoo reports one entry, keyed ``""``; a mixed zoo its narrowest,
+    middle and widest members that have val runs, keyed by their labels. Empty without val runs."""
+    if zoo.mixed:
+        held = [m for m in range(len(zoo.members)) if len(zoo.runs_of_member(m, "val"))]
+        held.sort(key=lambda m: zoo.make_task(member=m).layout.numel)
+        picks = sorted({held[0], held[len(held) // 2], held[-1]}, key=held.index) if held else []
+        groups = [(zoo.make_task(member=m), zoo.runs_of_member(m, "val")) for m in picks]
+        groups = [(t.label, t, rows) for t, rows in groups]
+    else:
+        groups = [("", task, zoo.runs("val"))] if len(zoo.runs("val")) else []
+    inits = [
+        (label, t, torch.stack([torch.from_numpy(zoo.checkpoint(int(r), 0)) for r in rows[:n_nets]]))
+        for label, t, rows in groups
+    ]  # (label, member task, (N, D_member) inits)
 
-    def validate(model: ParamDiffusionTransformer) -> float:
-        opt = LearnedOptimizer(Exported(model.eval(), normalizer, clamp, dcfg, meta), task)
-        res = prompt_alignment(
-            opt, theta, n_prompts=5, num_inference_steps=5, guidance_scale=1.0, num_samples=1,
-            generator=torch.Generator().manual_seed(0),
-        )  # fmt: skip
+    def validate(model: ParamDiffusionTransformer) -> dict[str, float]:
+        res = {}
+        for label, t, theta in inits:
+            opt = LearnedOptimizer(Exported(model.eval(), normalizer, clamp, dcfg, meta), t)
+            res[label] = prompt_alignment(
+                opt, theta, n_prompts=5, num_inference_steps=5, guidance_scale=1.0, num_samples=1,
+                generator=torch.Generator().manual_seed(0),
+            )["r2"]  # fmt: skip
         model.train()
-        return res["r2"]
+        return res
 
     return validate
 
@@ -275,8 +299,6 @@ def main() -> None:
             if cfg.tokenizer:
                 fail(f"--tokenizer {cfg.tokenizer!r}: a mixed zoo's model uses the role tokenizer")
             mcfg.tokenizer = "role"
-        if cfg.output_weight:
-            fail("--output-weight: the function-space term is not available for mixed zoos yet")
     elif mcfg.tokenizer == "role":
         fail(
             "--tokenizer role serves a mixed zoo (harvest --architectures mixed); this zoo holds one architecture"
@@ -301,10 +323,14 @@ def main() -> None:
         normalizer, clamp = fit_role_normalizer(zoo, train_rows, tuple(task.family), cfg.seed)
     else:
         normalizer, clamp = fit_normalizer(zoo, train_rows, cfg.normalize == "per_tensor", cfg.seed)
+    members = {}  # a mixed zoo: member -> (its task, its normaliser)
+    if zoo.mixed:
+        members = {m: zoo.make_task(member=m) for m in range(len(zoo.members))}
+        members = {m: (t, normalizer.for_member(t.layout, t.roles, t.fan_in)) for m, t in members.items()}
     output_loss = None
     if cfg.output_weight:
         output_loss = make_output_loss(
-            zoo, train_rows, task, normalizer, acc.device, cfg.output_probes, cfg.seed
+            zoo, train_rows, task, normalizer, acc.device, cfg.output_probes, cfg.seed, members or None
         )
     dcfg = DiffusionConfig(prompt_dropout=cfg.prompt_dropout)
     if zoo.mixed:
@@ -339,11 +365,7 @@ def main() -> None:
         "final_median": {m: float(np.nanmedian(zoo.metrics[m][:, -1])) for m in task.test_metrics if m in zoo.metrics},
     }  # fmt: skip
     finals = metric_vals[np.arange(len(last)), last]  # (R,) where each training run ends
-    held = (
-        [(zoo.make_task(member=m), finals[zoo.member[train_rows] == m]) for m in range(len(zoo.members))]
-        if zoo.mixed
-        else None
-    )
+    held = [(t, finals[zoo.member[train_rows] == m]) for m, (t, _) in members.items()] if zoo.mixed else None
     meta = export_meta(
         task, metric, finals, metric_vals, family=zoo.mixed, members=held,
         zoo={**zoo_summary, "harvest": zoo.harvest_config}, train=asdict(cfg),
@@ -359,14 +381,14 @@ def main() -> None:
         fail(f"--{str(e).replace('_', '-')}")
     plans = {}
     if zoo.mixed:  # one member per batch; each member's normaliser, layout and plan
-        members = {m: zoo.make_task(member=m) for m in range(len(zoo.members))}
         plans = {
-            m: role_plan(t.layout, t.symmetries, t.roles, t.family).to(acc.device) for m, t in members.items()
+            m: role_plan(t.layout, t.symmetries, t.roles, t.family).to(acc.device)
+            for m, (t, _) in members.items()
         }
         stream = MemberPairStream(
             str(zoo.path), {m: zoo.runs_of_member(m, "train") for m in members}, cfg.batch_size, pair_cfg,
-            {m: normalizer.for_member(t.layout, t.roles, t.fan_in) for m, t in members.items()},
-            {m: t.layout for m, t in members.items()}, {m: t.symmetries for m, t in members.items()},
+            {m: norm for m, (_, norm) in members.items()},
+            {m: t.layout for m, (t, _) in members.items()}, {m: t.symmetries for m, (t, _) in members.items()},
             zoo.task, seed=cfg.seed * 1000 + acc.process_index, start_step=step * cfg.grad_accum,
             batch_params=cfg.batch_params,
         )  # fmt: skip
@@ -400,11 +422,15 @@ def main() -> None:
         t1 = time.perf_counter()
         gen.manual_seed(hash((cfg.seed, acc.process_index, micro)) & 0x7FFFFFFF)
         micro += 1
-        denoiser = model if not plans else functools.partial(model, plan=plans[int(batch["member"])])
+        denoiser, out_loss = model, output_loss
+        if plans:  # a mixed zoo: this batch's member
+            member = int(batch["member"])
+            denoiser = functools.partial(model, plan=plans[member])
+            out_loss = output_loss and functools.partial(output_loss, member=member)
         with acc.accumulate(model):
             loss, parts = diffusion_loss(
                 denoiser, scheduler, batch["theta_start"], batch["theta_future"], batch["start_metric"],
-                batch["prompt"], cfg.prompt_dropout, gen, output_loss, cfg.output_weight,
+                batch["prompt"], cfg.prompt_dropout, gen, out_loss, cfg.output_weight,
             )  # fmt: skip
             acc.backward(loss)
             if acc.sync_gradients:
@@ -434,10 +460,14 @@ def main() -> None:
         }
         bar.set_postfix(**shown, sps=f"{logs['samples_per_s']:.0f}", data=f"{logs['data_frac']:.1%}")
         if cfg.eval_every and step % cfg.eval_every == 0 and acc.is_main_process:
-            r2 = validate(ema.module)
-            if r2 is not None:
-                logs["val_r2"] = r2
-                bar.write(f"step {step}: loss {logs['loss']:.4f}, val prompt alignment R^2 {r2:.3f}")
+            r2 = validate(ema.module)  # {member label: R^2}; one entry, "", for one architecture
+            if r2:
+                logs["val_r2"] = float(np.mean(list(r2.values())))
+                logs.update({"val_r2/" + re.sub(r"[^\w.-]+", "_", k): v for k, v in r2.items() if k})
+                each = "".join(f", {k} {v:.3f}" for k, v in r2.items() if k)
+                bar.write(
+                    f"step {step}: loss {logs['loss']:.4f}, val prompt alignment R^2 {logs['val_r2']:.3f}{each}"
+                )
         acc.log(logs, step=step)
         timed_out = cfg.max_minutes and time.time() - launched > 60 * cfg.max_minutes
         if (cfg.save_every and step % cfg.save_every == 0) or timed_out or step == cfg.max_steps:
