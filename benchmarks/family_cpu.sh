@@ -8,6 +8,7 @@
 #   nohup bash benchmarks/family_cpu.sh > data/family.log 2>&1 &             # the recipe (~2.5 h)
 #   OUTPUT_WEIGHT=1 EVAL_EVERY=250 ...: with the function-space term and validation R^2 of the narrowest,
 #     middle and widest members with val runs in train.log
+#   WIDTH=128 DEPTH=4 ...: the preset narrowed and made shallower (0: the preset's own), for more steps
 #   RUNS=64 COHORT=16 EPOCHS=1 HARVEST_MINUTES=2 MINUTES=0.2 PRESET=tiny NETS=2 WIDTHS="4 10" SHAPES="8,4" \
 #     ADAM_STEPS=20 TIMING_STEPS=3 OUT=/tmp/fam bash benchmarks/family_cpu.sh  # a smoke run (minutes)
 set -euo pipefail
@@ -20,7 +21,8 @@ SPECIALIST=${SPECIALIST:-mnist-mlp-loss}
 DATA=${DATA:-data}; OUT=${OUT:-runs/mnist-mlp-family}; PY=${PYTHON:-python3}
 ZOO=$DATA/mnist-mlp-family.h5; SINGLE=$DATA/mnist-mlp-h64.h5
 OUTPUT_WEIGHT=${OUTPUT_WEIGHT:-0}; EVAL_EVERY=${EVAL_EVERY:-0}  # function-space term; per-member validation
-TRAIN=(--preset "$PRESET" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
+WIDTH=${WIDTH:-0}; DEPTH=${DEPTH:-0}  # model width and depth (0: the preset's)
+TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
   --mixed-precision bf16 --output-weight "$OUTPUT_WEIGHT" --output-probes 32)
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift

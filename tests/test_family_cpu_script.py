@@ -17,7 +17,7 @@ def test_family_script_harvests_times_trains_and_scores_members(tmp_path):
         **os.environ,
         "RUNS": "32", "COHORT": "8", "EPOCHS": "1", "CKPTS": "3", "HARVEST_MINUTES": "5", "PRESET": "tiny", "MINUTES": "0.05",
         "TIMING_STEPS": "2", "NETS": "1", "ADAM_STEPS": "20", "WIDTHS": "4 10", "SHAPES": "8,4",
-        "OUTPUT_WEIGHT": "1", "EVAL_EVERY": "1",
+        "OUTPUT_WEIGHT": "1", "EVAL_EVERY": "1", "WIDTH": "48", "DEPTH": "1",
         "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"), "PYTHON": sys.executable,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }  # fmt: skip
@@ -29,6 +29,8 @@ def test_family_script_harvests_times_trains_and_scores_members(tmp_path):
     for zoo in ("mnist-mlp-family", "mnist-mlp-h64"):
         assert summary["timing"][zoo]["params_per_s"] > 0
     assert summary["model"]["train_steps"] >= 1
+    model_cfg = json.loads((tmp_path / "out" / "model" / "config.json").read_text())["model"]
+    assert (model_cfg["width"], model_cfg["depth"]) == (48, 1)  # WIDTH / DEPTH reach the trainer
     members = {tuple(r["hidden"]) for r in summary["family"]["rows"] if r["model"] == "family"}
     assert members == {(4,), (10,), (8, 4)}
     # per-member validation during training: R^2 of the narrowest, middle and widest member with val runs
