@@ -2,27 +2,32 @@
 # The mnist-mlp family model end to end on the 2 CPU cores: harvests the mixed-architecture zoo
 # (HARVEST_MINUTES, resumable), times training on it against a single-architecture zoo (40 steps each,
 # same preset and --batch-params), trains the family model for MINUTES, and scores it per member with
-# eval/family.py (held-out widths, two-layer shapes, the width-10 specialist zero-shot). Logs and
-# reports go to $OUT; $OUT/summary.json gathers them.
+# eval/family.py (held-out widths, two-layer shapes, the width-10 specialist zero-shot), then audits each
+# member the zoo held with eval/audit.py (distance to its nearest training checkpoint, the retrieval
+# baseline; BANK checkpoints). Logs and reports go to $OUT; $OUT/summary.json gathers them.
 #
 #   nohup bash benchmarks/family_cpu.sh > data/family.log 2>&1 &             # the recipe (~2.5 h)
 #   OUTPUT_WEIGHT=1 EVAL_EVERY=250 ...: with the function-space term and validation R^2 of the narrowest,
 #     middle and widest members with val runs in train.log
 #   WIDTH=128 DEPTH=4 ...: the preset narrowed and made shallower (0: the preset's own), for more steps
+#   SIZE_EMBEDDING=0 / BALANCE_ROLES=0 ...: the model not told its members' widths / plain MSE over all
+#     coordinates instead of each tensor role weighing the same (the ablations)
 #   RUNS=64 COHORT=16 EPOCHS=1 HARVEST_MINUTES=2 MINUTES=0.2 PRESET=tiny NETS=2 WIDTHS="4 10" SHAPES="8,4" \
 #     ADAM_STEPS=20 TIMING_STEPS=3 OUT=/tmp/fam bash benchmarks/family_cpu.sh  # a smoke run (minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."  # repository root: train/ and eval/ scripts by relative path
 RUNS=${RUNS:-4000}; COHORT=${COHORT:-32}; CKPTS=${CKPTS:-20}; HARVEST_MINUTES=${HARVEST_MINUTES:-40}
 PRESET=${PRESET:-small}; MINUTES=${MINUTES:-88}; TIMING_STEPS=${TIMING_STEPS:-40}
-NETS=${NETS:-16}; ADAM_STEPS=${ADAM_STEPS:-3000}; EPOCHS=${EPOCHS:-25}
+NETS=${NETS:-16}; BANK=${BANK:-2000}; ADAM_STEPS=${ADAM_STEPS:-3000}; EPOCHS=${EPOCHS:-25}
 WIDTHS=${WIDTHS:-"4 6 8 10 12 16 24 32 48 64 96 128 192 256"}; SHAPES=${SHAPES:-"32,16 64,64 128,32"}
 SPECIALIST=${SPECIALIST:-mnist-mlp-loss}
 DATA=${DATA:-data}; OUT=${OUT:-runs/mnist-mlp-family}; PY=${PYTHON:-python3}
 ZOO=$DATA/mnist-mlp-family.h5; SINGLE=$DATA/mnist-mlp-h64.h5
 OUTPUT_WEIGHT=${OUTPUT_WEIGHT:-0}; EVAL_EVERY=${EVAL_EVERY:-0}  # function-space term; per-member validation
 WIDTH=${WIDTH:-0}; DEPTH=${DEPTH:-0}  # model width and depth (0: the preset's)
-TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
+SIZE_EMBEDDING=${SIZE_EMBEDDING:-1}; ((SIZE_EMBEDDING)) && SIZE=--size-embedding || SIZE=--no-size-embedding
+BALANCE_ROLES=${BALANCE_ROLES:-1}; ((BALANCE_ROLES)) && BALANCE=--balance-roles || BALANCE=--no-balance-roles
+TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" "$SIZE" "$BALANCE" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
   --mixed-precision bf16 --output-weight "$OUTPUT_WEIGHT" --output-probes 32)
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift
@@ -50,6 +55,15 @@ echo "train: ${SECONDS}s"
 logged "$OUT/family.log" $PY eval/family.py --model "$OUT/model" --zoo "$ZOO" --widths $WIDTHS --shapes $SHAPES \
   --specialist "$SPECIALIST" --nets "$NETS" --adam-steps "$ADAM_STEPS" --out "$OUT/family.json"
 echo "eval: ${SECONDS}s"
+# members the zoo held: the novelty audit and the retrieval baseline, on each one's test-split runs
+held=$($PY -c 'import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+print(" ".join(sorted({",".join(map(str, r["hidden"])) for r in rows if r["held_by_zoo"]})))' "$OUT/family.json")
+for h in $held; do
+  logged "$OUT/audit-h${h/,/-}.log" $PY eval/audit.py --model "$OUT/model" --zoo "$ZOO" --hidden "$h" \
+    --nets "$NETS" --bank "$BANK" --out "$OUT/audit/h${h/,/-}.json"
+done
+echo "audit: ${SECONDS}s"
 $PY - "$OUT" <<'PYEOF'
 import json, sys
 from pathlib import Path
@@ -59,6 +73,8 @@ summary = {
     "timing": {d: cfg(f"timing-{d}")["timing"] for d in ("mnist-mlp-family", "mnist-mlp-h64")},
     "model": {k: cfg("model").get(k) for k in ("n_model_params", "train_steps", "timing")},
     "family": json.loads((out / "family.json").read_text()),
+    "audit": {p.stem: {k: v for k, v in json.loads(p.read_text()).items() if k != "per_net"}
+              for p in sorted((out / "audit").glob("*.json"))},
 }
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 PYEOF

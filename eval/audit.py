@@ -8,7 +8,8 @@ training checkpoints; a member the zoo never held has no checkpoints to memorise
 
 For ``--nets`` test-split initialisations: one G.pt step prompted for the best metric. Each output is
 compared, after aligning hidden units (Hungarian matching), with a bank of ``--bank`` training
-checkpoints (train-split runs, past their init). Three references put the distances in scale:
+checkpoints past their init: one from each of ``--bank`` train-split runs, or, for a member with fewer
+runs (a mixed zoo), up to ``--bank`` of all its runs' checkpoints. Three references put the distances in scale:
 the same init trained for real by the zoo's recipe (a genuinely new network: how near does *it* come
 to the bank?), pairs of independent training runs, and a retrieval baseline, the bank checkpoint
 whose validation metric is nearest the prompt, scored like the outputs. Writes JSON and a PNG.
@@ -57,8 +58,12 @@ def main() -> None:
     train_rows = held_rows(zoo, task, "train")  # the member's own training runs
     if len(train_rows) < 2:
         raise fail(f"{zoo.label} has {len(train_rows)} train-split runs of {task.label}; the audit needs 2")
-    pick_runs = rng.choice(train_rows, size=min(a.bank, len(train_rows)), replace=False)
-    pick_ckpt = rng.integers(1, zoo.n_ckpts, size=len(pick_runs))
+    if len(train_rows) >= a.bank:  # one checkpoint (past the init) of each of --bank runs
+        pick_runs = rng.choice(train_rows, size=a.bank, replace=False)
+        pick_ckpt = rng.integers(1, zoo.n_ckpts, size=len(pick_runs))
+    else:  # a member with few runs (a mixed zoo): up to --bank of all its runs' checkpoints
+        pairs = rng.permutation(len(train_rows) * (zoo.n_ckpts - 1))[: a.bank]
+        pick_runs, pick_ckpt = train_rows[pairs // (zoo.n_ckpts - 1)], 1 + pairs % (zoo.n_ckpts - 1)
     bank = torch.stack(
         [torch.from_numpy(zoo.checkpoint(int(r), int(k))) for r, k in zip(pick_runs, pick_ckpt, strict=True)]
     )

@@ -46,6 +46,13 @@ def sampling_scheduler(cfg: DiffusionConfig, sampler: str = "ddim"):
     raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
 
 
+def role_balance(role_id: torch.Tensor) -> torch.Tensor:
+    """Coordinate weights ``(D,)`` (mean 1) under which each tensor role of a family member weighs the
+    same in the loss, whatever its size: 10 output biases as much as 784 x 256 first-layer weights."""
+    _, inverse, counts = role_id.unique(return_inverse=True, return_counts=True)
+    return (len(role_id) / (len(counts) * counts.float()))[inverse]
+
+
 def diffusion_loss(
     model: nn.Module,
     scheduler: DDPMScheduler,
@@ -57,8 +64,10 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     output_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     output_weight: float = 0.0,
+    coord_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """MSE between the model's x0-prediction and ``theta_future`` ``(B, D)`` at random timesteps.
+    """MSE between the model's x0-prediction and ``theta_future`` ``(B, D)`` at random timesteps,
+    each coordinate weighted by ``coord_weight`` ``(D,)`` (mean 1) where given.
 
     With ``output_loss`` and ``output_weight`` > 0 a function-space term is added:
     ``output_weight * mean_b(alpha_bar_t[b] * output_loss(pred, theta_future)[b])``, where
@@ -76,7 +85,10 @@ def diffusion_loss(
     noisy = scheduler.add_noise(theta_future, noise, t)
     keep = torch.rand(b, generator=generator, device="cpu").to(device) >= prompt_dropout
     pred = model(noisy, t, theta_start, start_metric, prompt, keep)
-    loss = F.mse_loss(pred, theta_future)
+    if coord_weight is None:
+        loss = F.mse_loss(pred, theta_future)
+    else:
+        loss = ((pred - theta_future).pow(2) * coord_weight).mean()
     parts = {"param": loss.item()}
     if output_loss is not None and output_weight > 0:
         signal = scheduler.alphas_cumprod.to(device)[t]  # (B,)

@@ -41,6 +41,10 @@ class ModelConfig:
     edge_width: int = 64  # neuron tokenizer: width of the per-weight pair head between hidden layers
     fourier_features: int = 64  # sin/cos pairs per scalar input
     metric_max_freq: float = 10.0  # highest Fourier frequency of the (normalised) metric inputs
+    # role tokenizer: condition every block on each hidden layer's width. Attention averages over a
+    # layer's unit tokens, so without it the width reaches the model only through the units' share of
+    # attention, while a net's logits sum over its units. Off in exports that predate it.
+    size_embedding: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,6 +148,14 @@ class ParamDiffusionTransformer(nn.Module):
         self.null_prompt = nn.Parameter(
             torch.zeros(e)
         )  # used where the prompt is dropped (classifier-free guidance)
+        self.size_embed = None
+        if config.size_embedding and self.family is not None:  # per hidden-layer position: width, or absent
+            layers = self.tokenizer.max_layers
+            self.size_embed = nn.ModuleList(
+                FourierEmbedding(e, config.fourier_features, max_freq=config.metric_max_freq)
+                for _ in range(layers)
+            )
+            self.no_layer = nn.Parameter(torch.zeros(layers, e))
         self.blocks = nn.ModuleList(Block(e, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.norm = nn.LayerNorm(e, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(e, 2 * e))
@@ -177,6 +189,12 @@ class ParamDiffusionTransformer(nn.Module):
         if prompt_mask is not None:
             p = torch.where(prompt_mask[:, None], p, self.null_prompt.expand_as(p))
         c = self.t_embed(t / 1000.0) + self.start_embed(start_metric) + p  # (B, E)
+        if self.size_embed is not None:
+            for g, emb in enumerate(self.size_embed):
+                if g < len(plan.sizes):  # log2(width) / 8: 0 for one unit, 1 for 256
+                    c = c + emb(t.new_full(t.shape, math.log2(plan.sizes[g]) / 8, dtype=torch.float32))
+                else:
+                    c = c + self.no_layer[g]
         x = self.tokenizer.encode(theta_start, theta_noisy, *member)  # (B, T, E)
         for block in self.blocks:
             x = block(x, c)

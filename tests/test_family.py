@@ -89,14 +89,22 @@ def test_role_normaliser_puts_narrow_and_wide_members_on_one_scale():
             assert 0.7 < z[:, task.layout.slice_of(name)].std() < 1.4, (hidden, name)
 
 
-def test_a_family_model_predicts_for_any_member_and_stays_equivariant():
+def random_family_model(size_embedding: bool, std: float = 0.02):
     from gpt_params.model import PRESETS, ParamDiffusionTransformer
 
-    cfg = PRESETS["tiny"].__class__(**{**PRESETS["tiny"].to_dict(), "tokenizer": "role"})
+    cfg = PRESETS["tiny"].__class__(
+        **{**PRESETS["tiny"].to_dict(), "tokenizer": "role", "size_embedding": size_embedding}
+    )
     torch.manual_seed(0)
     model = ParamDiffusionTransformer(None, (), cfg, family=get_task("mnist-mlp").family).eval()
     for p in model.parameters():  # leave the zero init, which returns theta_start for every member
-        torch.nn.init.normal_(p, std=0.02)
+        torch.nn.init.normal_(p, std=std)
+    return model
+
+
+@pytest.mark.parametrize("size_embedding", [False, True])
+def test_a_family_model_predicts_for_any_member_and_stays_equivariant(size_embedding):
+    model = random_family_model(size_embedding)
     g = torch.Generator().manual_seed(0)
     for hidden in [(4,), (17,), (9, 6)]:
         task = get_task("mnist-mlp", hidden=hidden)
@@ -114,6 +122,30 @@ def test_a_family_model_predicts_for_any_member_and_stays_equivariant():
         torch.testing.assert_close(out_p, p_out, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="plan="):
         model(noisy, t, start, metric, prompt)
+
+
+def test_the_size_embedding_tells_a_layer_of_repeated_units_from_the_original():
+    """Attention averages over a layer's unit tokens: a width-8 layer that repeats each unit of a width-4
+    one changes only the units' share of attention against the output-bias token. The size embedding
+    tells the model the width outright."""
+    narrow, wide = get_task("mnist-mlp", hidden=(4,)), get_task("mnist-mlp", hidden=(8,))
+    g = torch.Generator().manual_seed(2)
+    noisy, start = torch.randn(2, 2, narrow.layout.numel, generator=g)  # (B, D) each, normalised
+
+    def repeated(theta: torch.Tensor) -> torch.Tensor:  # (B, D narrow) -> (B, D wide): units 0-3, 0-3
+        p = narrow.layout.unflatten(theta)
+        parts = [p["fc1.weight"].repeat(1, 2, 1), p["fc1.bias"].repeat(1, 2), p["fc2.weight"].repeat(1, 1, 2)]
+        return torch.cat([v.flatten(1) for v in [*parts, p["fc2.bias"]]], 1)  # in wide.layout's order
+
+    t, metric, prompt = torch.tensor([10, 700]), torch.zeros(2), torch.ones(2)
+    gaps = []
+    for size_embedding in (False, True):
+        model = random_family_model(size_embedding, std=0.1)
+        with torch.no_grad():
+            out = repeated(model(noisy, t, start, metric, prompt, plan=plan_of(narrow)))
+            out_wide = model(repeated(noisy), t, repeated(start), metric, prompt, plan=plan_of(wide))
+        gaps.append(((out_wide - out).abs().max() / out.abs().max()).item())
+    assert gaps[1] > 3 * gaps[0], gaps  # about 1% of the output without, 5% with (random weights)
 
 
 def _cohort(cohort_id, task, runs, k=3, seed=0):
@@ -465,7 +497,8 @@ def test_audit_and_seen_inits_work_per_member_and_refuse_a_member_never_held(fam
         report["architecture"]
         == get_task("digits-mlp", hidden=tuple(z.member_options[member]["hidden"])).label
     )
-    assert report["bank"] == len(own_train)  # the bank holds this member's training runs only
+    # the bank holds this member's training checkpoints past the init only, all of them when fewer than --bank
+    assert report["bank"] == min(50, len(own_train) * (z.n_ckpts - 1))
     res = run_script(audit, *common, "--hidden", "10", "--nets", "1", "--out", out)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "never held" in res.stderr, res.stderr
 
@@ -570,3 +603,15 @@ def test_a_family_model_clamps_each_member_to_its_own_best_prompt(family_export)
             warnings.simplefilter("always")
             opt.step(member.build(0), target_loss=-1.0, num_inference_steps=1)
         assert f"clamped to {best}" in str(caught[0].message), (hidden, caught[0].message)
+
+
+def test_role_balance_weighs_every_role_of_a_member_the_same():
+    from gpt_params.diffusion import role_balance
+
+    for hidden in [(4,), (250,), (9, 6)]:
+        task = get_task("mnist-mlp", hidden=hidden)
+        role_id = plan_of(task).role_id
+        w = role_balance(role_id)
+        assert w.shape == role_id.shape and abs(float(w.mean()) - 1) < 1e-5
+        totals = torch.stack([w[role_id == r].sum() for r in role_id.unique()])
+        torch.testing.assert_close(totals, torch.full_like(totals, float(totals[0])))

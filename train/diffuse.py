@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from gpt_params.config import add_arguments, from_args, opt
 from gpt_params.critic import BANK_SIZE
-from gpt_params.diffusion import DiffusionConfig, diffusion_loss, train_scheduler
+from gpt_params.diffusion import DiffusionConfig, diffusion_loss, role_balance, train_scheduler
 from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import prompt_alignment
 from gpt_params.export import Exported, export_meta, save_export
@@ -58,6 +58,14 @@ class TrainConfig:
     tokenizer: str = opt("", "override the preset's tokenizer: neuron or chunk (a mixed zoo: role, always)")
     width: int = opt(0, "override the preset's token width (0: the preset's)")
     depth: int = opt(0, "override the preset's number of transformer blocks (0: the preset's)")
+    size_embedding: bool = opt(
+        True, "a mixed zoo's model: condition on each hidden layer's width (--no-size-embedding: without)"
+    )
+    balance_roles: bool = opt(
+        True,
+        "a mixed zoo: weigh each tensor role (first-layer weights, output bias, ...) equally in the loss, "
+        "not by its number of coordinates (--no-balance-roles: plain MSE)",
+    )
     heads: int = opt(0, "override the preset's attention heads; must divide the width (0: the preset's)")
     metric: str = opt("", "conditioning metric (default: the task's objective: val_loss, or return_mean)")
     batch_size: int = opt(256, "pairs per optimizer step and process")
@@ -299,6 +307,7 @@ def main() -> None:
             if cfg.tokenizer:
                 fail(f"--tokenizer {cfg.tokenizer!r}: a mixed zoo's model uses the role tokenizer")
             mcfg.tokenizer = "role"
+        mcfg.size_embedding = cfg.size_embedding
     elif mcfg.tokenizer == "role":
         fail(
             "--tokenizer role serves a mixed zoo (harvest --architectures mixed); this zoo holds one architecture"
@@ -379,12 +388,13 @@ def main() -> None:
         )  # fmt: skip
     except GptParamsError as e:
         fail(f"--{str(e).replace('_', '-')}")
-    plans = {}
+    plans, balance = {}, {}
     if zoo.mixed:  # one member per batch; each member's normaliser, layout and plan
         plans = {
             m: role_plan(t.layout, t.symmetries, t.roles, t.family).to(acc.device)
             for m, (t, _) in members.items()
         }
+        balance = {m: role_balance(p.role_id) for m, p in plans.items()} if cfg.balance_roles else {}
         stream = MemberPairStream(
             str(zoo.path), {m: zoo.runs_of_member(m, "train") for m in members}, cfg.batch_size, pair_cfg,
             {m: norm for m, (_, norm) in members.items()},
@@ -422,15 +432,16 @@ def main() -> None:
         t1 = time.perf_counter()
         gen.manual_seed(hash((cfg.seed, acc.process_index, micro)) & 0x7FFFFFFF)
         micro += 1
-        denoiser, out_loss = model, output_loss
+        denoiser, out_loss, weight = model, output_loss, None
         if plans:  # a mixed zoo: this batch's member
             member = int(batch["member"])
             denoiser = functools.partial(model, plan=plans[member])
             out_loss = output_loss and functools.partial(output_loss, member=member)
+            weight = balance.get(member)
         with acc.accumulate(model):
             loss, parts = diffusion_loss(
                 denoiser, scheduler, batch["theta_start"], batch["theta_future"], batch["start_metric"],
-                batch["prompt"], cfg.prompt_dropout, gen, out_loss, cfg.output_weight,
+                batch["prompt"], cfg.prompt_dropout, gen, out_loss, cfg.output_weight, weight,
             )  # fmt: skip
             acc.backward(loss)
             if acc.sync_gradients:
