@@ -92,7 +92,7 @@ def main() -> None:
         ]
     )
     # retrieval: the bank checkpoints whose validation metric is nearest the prompt, one per net
-    near_metric = np.argsort(np.abs(bank_metric - prompt))[: a.nets]
+    near_metric = np.argsort(np.abs(bank_metric - prompt))[: len(theta0)]
     retrieved = bank[near_metric]
     d_retr_input = np.array(
         [aligned_distances(t, r[None], layout, groups)[0] for t, r in zip(theta0, retrieved, strict=True)]

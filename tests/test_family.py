@@ -615,3 +615,31 @@ def test_role_balance_weighs_every_role_of_a_member_the_same():
         assert w.shape == role_id.shape and abs(float(w.mean()) - 1) < 1e-5
         totals = torch.stack([w[role_id == r].sum() for r in role_id.unique()])
         torch.testing.assert_close(totals, torch.full_like(totals, float(totals[0])))
+
+
+def test_role_errors_reports_every_role_of_a_held_member_and_refuses_one_never_held(family_export, tmp_path):
+    import json
+
+    from gpt_params.zoo_reader import Zoo
+
+    from .conftest import repo_root, run_script
+
+    zoo = harvest_mixed(
+        tmp_path / "mixed.h5", runs=8, ckpts_per_run=3, cohort_size=4, val_frac=0.5, test_frac=0
+    )
+    z = Zoo(zoo)
+    member = next(m for m in range(len(z.members)) if len(z.runs_of_member(m, "val")))
+    held = ",".join(map(str, z.member_options[member]["hidden"]))
+    script = repo_root() / "benchmarks" / "role_errors.py"
+    common = ["--model", family_export[0], "--zoo", zoo, "--nets", "2", "--timesteps", "10", "900"]
+    res = run_script(script, *common, "--hidden", held)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout.splitlines()[-1])
+    roles = set(report["step_rms"])
+    assert {"in_weight", "in_bias", "out_weight", "out_bias"} <= roles == set(report["denoiser_rms"]["900"])
+    assert all(v > 0 for v in report["step_rms"].values()) and report["nets"] <= 2
+    assert set(report["test_loss"]) == {"init", "last", "step"}
+    res = run_script(script, *common, "--hidden", "10")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no val-split runs" in res.stderr, (
+        res.stderr
+    )

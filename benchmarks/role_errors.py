@@ -1,0 +1,107 @@
+"""Per-role errors of a family model: which tensor roles (first-layer weights, output bias, ...) it gets wrong.
+
+    python benchmarks/role_errors.py --model runs/mnist-mlp-family/model --zoo data/mnist-mlp-family.h5 \\
+        --hidden 4 72 234
+
+For each member (held by the zoo), its first ``--nets`` val-split runs, which training never saw:
+
+* the denoiser: RMS error of the x0-prediction per role, in the model's normalised units, for the pair
+  (init, last checkpoint) noised to each of ``--timesteps``, conditioned on the init's and the last
+  checkpoint's metric;
+* the step: one plain sample from the init prompted for the member's best metric, its RMS error per role
+  against the run's last checkpoint and its spread (std) beside the checkpoint's, and the test loss of
+  the init, the last checkpoint and the step.
+
+Prints one JSON line per member.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from gpt_params.errors import GptParamsError
+from gpt_params.evaluate import bind_member, held_rows
+from gpt_params.optimizer import LearnedOptimizer
+from gpt_params.scripting import fail, hidden_or_exit
+from gpt_params.zoo_reader import Zoo
+
+
+def rms_by_role(
+    a: torch.Tensor, b: torch.Tensor, role_id: torch.Tensor, names: list[str]
+) -> dict[str, float]:
+    """RMS of ``a - b`` ``(N, D)`` over each role's coordinates."""
+    return {names[r]: float((a - b)[:, role_id == r].pow(2).mean().sqrt()) for r in role_id.unique().tolist()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="a family model: export directory or shipped name")
+    p.add_argument("--zoo", required=True, help="the mixed zoo it trained on")
+    p.add_argument("--hidden", nargs="+", required=True, help="members the zoo holds, e.g. 4 72 53,37")
+    p.add_argument("--nets", type=int, default=8, help="first val-split runs of each member")
+    p.add_argument("--timesteps", type=int, nargs="+", default=[50, 300, 700, 950])
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    members = [hidden_or_exit(h) for h in a.hidden]
+    try:
+        zoo = Zoo(a.zoo)
+        fam = LearnedOptimizer.from_pretrained(a.model)
+        if not fam.family:
+            raise GptParamsError(f"{a.model!r} serves one architecture ({fam.task.label}), not a family")
+        bound = [bind_member(fam, zoo, h) for h in members]
+        rows = [held_rows(zoo, opt.task, "val") for opt in bound]
+        for opt, r in zip(bound, rows, strict=True):
+            if r is None or len(r) == 0:
+                raise GptParamsError(f"{zoo.label} holds no val-split runs of {opt.task.label}")
+    except GptParamsError as e:
+        raise fail(str(e)) from None
+    net, metric = fam.exported.model, fam.metric_name
+    names = list(fam.task.family)
+    for opt, r in zip(bound, rows, strict=True):
+        task, r = opt.task, r[: a.nets]
+        norm, _, plan = fam.exported.member(task)
+        runs = [zoo.params(int(i)) for i in r]  # each (K, D)
+        theta0 = torch.stack([torch.from_numpy(x[0]) for x in runs])  # (N, D)
+        last = torch.stack([torch.from_numpy(x[-1]) for x in runs])  # (N, D)
+        z0, z1 = norm.normalize(theta0), norm.normalize(last)
+        m = np.stack([zoo.metrics[metric][int(i)] for i in r])  # (N, K)
+        start = task.normalize_metric(torch.tensor(m[:, 0], dtype=torch.float32), metric)
+        target = task.normalize_metric(torch.tensor(m[:, -1], dtype=torch.float32), metric)
+        g = torch.Generator().manual_seed(a.seed)
+        denoiser = {}
+        for t in a.timesteps:
+            abar = float(net.sqrt_abar[t]) ** 2
+            noisy = abar**0.5 * z1 + (1 - abar) ** 0.5 * torch.randn(z1.shape, generator=g)
+            with torch.no_grad():
+                pred = net(noisy, torch.full((len(r),), t), z0, start, target, plan=plan)
+            denoiser[str(t)] = rms_by_role(pred, z1, plan.role_id, names)
+        step = opt.step(theta0, opt.best_prompt, generator=torch.Generator().manual_seed(a.seed))
+        zs = norm.normalize(step)
+        held_out = task.held_out_metric(metric)
+        loss = {
+            k: float(np.median(task.evaluate(v)[held_out]))
+            for k, v in (("init", theta0), ("last", last), ("step", step))
+        }
+        report = {
+            "member": task.label,
+            "nets": len(r),
+            "prompt": opt.best_prompt,
+            held_out: loss,
+            "denoiser_rms": denoiser,
+            "step_rms": rms_by_role(zs, z1, plan.role_id, names),
+            "step_std": {
+                names[i]: float(zs[:, plan.role_id == i].std()) for i in plan.role_id.unique().tolist()
+            },
+            "last_std": {
+                names[i]: float(z1[:, plan.role_id == i].std()) for i in plan.role_id.unique().tolist()
+            },
+        }
+        print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main()
