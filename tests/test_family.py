@@ -89,6 +89,45 @@ def test_role_normaliser_puts_narrow_and_wide_members_on_one_scale():
             assert 0.7 < z[:, task.layout.slice_of(name)].std() < 1.4, (hidden, name)
 
 
+def test_role_normaliser_width_law_follows_a_std_that_scales_with_the_width():
+    from gpt_params.normalize import RoleNormalizer
+
+    family = get_task("mnist-mlp").family
+
+    def checkpoints(hidden):  # default inits whose first-layer weights scale as width ** -0.5, as if trained
+        task = get_task("mnist-mlp", hidden=hidden)
+        theta = torch.stack([task.flatten(task.build(s)) for s in range(12)])
+        theta[:, task.layout.slice_of("fc1.weight")] *= (hidden[0] / 16) ** -0.5
+        return task, theta
+
+    members = [checkpoints(h) for h in [(4,), (16,), (64,), (8, 8)]]
+    fitted = [(theta.numpy(), t.layout, t.roles, t.fan_in) for t, theta in members]
+    plain, law = (
+        RoleNormalizer.fit(tuple(family), fitted),
+        RoleNormalizer.fit(tuple(family), fitted, width_law=True),
+    )
+    in_w = tuple(family).index("in_weight")
+    assert law.exponent[in_w, 1] == pytest.approx(-0.5, abs=0.05)  # fan-out: the first hidden width
+    assert law.exponent[in_w, 0] == 0  # every member has 784 inputs: no slope to fit
+    for hidden in [(4,), (100,)]:  # 100: a width it never saw
+        task, theta = checkpoints(hidden)
+        std = {
+            name: norm.for_member(task.layout, task.roles, task.fan_in)
+            .normalize(theta)[:, task.layout.slice_of("fc1.weight")]
+            .std()
+            for name, norm in (("plain", plain), ("law", law))
+        }
+        assert 0.85 < std["law"] < 1.15, (hidden, std)
+        assert not 0.85 < std["plain"] < 1.15, (hidden, std)  # one std per role misses both ends
+
+    restored = RoleNormalizer.from_state(tuple(family), law.state())
+    assert torch.equal(restored.exponent, law.exponent) and torch.equal(restored.log_fan_ref, law.log_fan_ref)
+    old = RoleNormalizer.from_state(
+        tuple(family), plain.state()
+    )  # exports from before the law load unchanged
+    assert old.exponent is None and set(plain.state()) == {"role_normalizer.mean", "role_normalizer.std"}
+
+
 def random_family_model(size_embedding: bool, std: float = 0.02):
     from gpt_params.model import PRESETS, ParamDiffusionTransformer
 
@@ -314,6 +353,7 @@ def family_export(tmp_path_factory):
             (torch.stack([t.flatten(t.build(s)) for s in range(8)]).numpy(), t.layout, t.roles, t.fan_in)
             for t in members
         ],
+        width_law=True,
     )
     cfg = PRESETS["tiny"].__class__(**{**PRESETS["tiny"].to_dict(), "tokenizer": "role"})
     torch.manual_seed(0)

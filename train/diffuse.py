@@ -66,6 +66,11 @@ class TrainConfig:
         "a mixed zoo: weigh each tensor role (first-layer weights, output bias, ...) equally in the loss, "
         "not by its number of coordinates (--no-balance-roles: plain MSE)",
     )
+    width_law: bool = opt(
+        True,
+        "a mixed zoo: each role's normalising std follows a power law of its tensor's fan-in and fan-out, "
+        "fitted on the zoo (--no-width-law: one std per role)",
+    )
     heads: int = opt(0, "override the preset's attention heads; must divide the width (0: the preset's)")
     metric: str = opt("", "conditioning metric (default: the task's objective: val_loss, or return_mean)")
     batch_size: int = opt(256, "pairs per optimizer step and process")
@@ -183,13 +188,15 @@ def fit_normalizer(zoo: Zoo, rows: np.ndarray, per_tensor: bool, seed: int) -> t
     return norm, (z.min(0).values, z.max(0).values)
 
 
-def fit_role_normalizer(zoo: Zoo, rows: np.ndarray, roles: tuple[str, ...], seed: int):
+def fit_role_normalizer(zoo: Zoo, rows: np.ndarray, roles: tuple[str, ...], seed: int, width_law: bool):
     """A mixed zoo's :class:`RoleNormalizer` from 256 train runs of any members, and the normalised
     range ``(low, high)`` ``(roles,)`` of each role over their checkpoints."""
     pick = np.sort(np.random.default_rng(seed).choice(rows, size=min(256, len(rows)), replace=False))
     members = {m: zoo.make_task(member=m) for m in np.unique(zoo.member[pick]).tolist()}
     samples = [(zoo.params(int(r)), members[int(zoo.member[r])]) for r in pick]  # ((K, D_r), task)
-    norm = RoleNormalizer.fit(roles, [(theta, t.layout, t.roles, t.fan_in) for theta, t in samples])
+    norm = RoleNormalizer.fit(
+        roles, [(theta, t.layout, t.roles, t.fan_in) for theta, t in samples], width_law
+    )
     low, high = torch.full((len(roles),), np.inf), torch.full((len(roles),), -np.inf)
     for theta, t in samples:
         z = norm.for_member(t.layout, t.roles, t.fan_in).normalize(torch.from_numpy(theta))  # (K, D_r)
@@ -329,7 +336,7 @@ def main() -> None:
 
     # -- model: normaliser, denoiser, EMA, optimiser, schedule; resumed state -------------------------
     if zoo.mixed:
-        normalizer, clamp = fit_role_normalizer(zoo, train_rows, tuple(task.family), cfg.seed)
+        normalizer, clamp = fit_role_normalizer(zoo, train_rows, tuple(task.family), cfg.seed, cfg.width_law)
     else:
         normalizer, clamp = fit_normalizer(zoo, train_rows, cfg.normalize == "per_tensor", cfg.seed)
     members = {}  # a mixed zoo: member -> (its task, its normaliser)

@@ -53,6 +53,16 @@ class CartPoleActor(nn.Module):
         return self.action_net(self.mlp_extractor.policy_net(obs))
 
 
+def batched_logits(params: dict[str, torch.Tensor], obs: torch.Tensor) -> torch.Tensor:
+    """Logits ``(B, E, 2)`` of ``B`` actors (``params``: :class:`CartPoleActor` names to ``(B, *shape)``)
+    on their own observations ``obs`` ``(B, E, 4)``: the actor's forward as batched matmuls, several times
+    faster than ``vmap(functional_call)`` in a rollout's per-step loop."""
+    h = obs
+    for name in ("mlp_extractor.policy_net.0", "mlp_extractor.policy_net.2"):
+        h = torch.tanh(torch.baddbmm(params[f"{name}.bias"][:, None], h, params[f"{name}.weight"].mT))
+    return torch.baddbmm(params["action_net.bias"][:, None], h, params["action_net.weight"].mT)
+
+
 def sb3_init(actor: CartPoleActor) -> CartPoleActor:
     """SB3's ``ortho_init``: orthogonal weights (gain sqrt(2) in the MLP, 0.01 in the action head), zero biases."""
     for module, gain in ((actor.mlp_extractor, math.sqrt(2)), (actor.action_net, 0.01)):
@@ -210,11 +220,10 @@ class CartPoleTask(Task):
         base.state = np.tile(states, (n_pol, 1)).T.copy()  # (4, B*E); CartPole's observation is its state
         obs = base.state.T.astype(np.float32)
         params = self.layout.unflatten(theta)
-        policy = self.functional(in_dims_x=0)
         alive = np.ones(n_pol * n_ep, dtype=bool)
         returns = np.zeros(n_pol * n_ep)
         for t in range(int(MAX_RETURN)):
-            logits = policy(params, torch.from_numpy(obs).view(n_pol, n_ep, 4))  # (B, E, 2)
+            logits = batched_logits(params, torch.from_numpy(obs).view(n_pol, n_ep, 4))  # (B, E, 2)
             if uniforms is None:
                 actions = logits.argmax(-1).reshape(-1).numpy()
             else:
@@ -236,11 +245,11 @@ class CartPoleTask(Task):
         b = len(bank)
         env = gym.make_vec("CartPole-v1", num_envs=b, vectorization_mode="vector_entry_point")
         obs, _ = env.reset(seed=PROBE_SEED + seed * b)
-        policy, params = self.functional(in_dims_x=0), self.layout.unflatten(bank)
+        params = self.layout.unflatten(bank)
         rng = np.random.default_rng(seed)
         visited = []
         for _ in range(PROBE_STEPS):
-            logits = policy(params, torch.from_numpy(obs).float()[:, None])[:, 0]  # (B, 2)
+            logits = batched_logits(params, torch.from_numpy(obs).float()[:, None])[:, 0]  # (B, 2)
             p1 = torch.softmax(logits.double(), -1)[:, 1]
             obs, *_ = env.step((rng.random(b) < p1.numpy()).astype(np.int64))  # autoreset restarts ended ones
             visited.append(obs.copy())
