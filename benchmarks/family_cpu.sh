@@ -10,8 +10,9 @@
 #   OUTPUT_WEIGHT=1 EVAL_EVERY=250 ...: with the function-space term and validation R^2 of the narrowest,
 #     middle and widest members with val runs in train.log
 #   WIDTH=128 DEPTH=4 ...: the preset narrowed and made shallower (0: the preset's own), for more steps
-#   SIZE_EMBEDDING=0 / BALANCE_ROLES=0 ...: the model not told its members' widths / plain MSE over all
-#     coordinates instead of each tensor role weighing the same (the ablations)
+#   SIZE_EMBEDDING=0 / BALANCE_ROLES=0 / WIDTH_LAW=0 ...: the model not told its members' widths / plain MSE over
+#     all coordinates instead of each tensor role weighing the same / one normalising std per role instead of a
+#     power law of the tensor's fans (the ablations)
 #   RUNS=64 COHORT=16 EPOCHS=1 HARVEST_MINUTES=2 MINUTES=0.2 PRESET=tiny NETS=2 WIDTHS="4 10" SHAPES="8,4" \
 #     ADAM_STEPS=20 TIMING_STEPS=3 OUT=/tmp/fam bash benchmarks/family_cpu.sh  # a smoke run (minutes)
 set -euo pipefail
@@ -27,7 +28,8 @@ OUTPUT_WEIGHT=${OUTPUT_WEIGHT:-0}; EVAL_EVERY=${EVAL_EVERY:-0}  # function-space
 WIDTH=${WIDTH:-0}; DEPTH=${DEPTH:-0}  # model width and depth (0: the preset's)
 SIZE_EMBEDDING=${SIZE_EMBEDDING:-1}; ((SIZE_EMBEDDING)) && SIZE=--size-embedding || SIZE=--no-size-embedding
 BALANCE_ROLES=${BALANCE_ROLES:-1}; ((BALANCE_ROLES)) && BALANCE=--balance-roles || BALANCE=--no-balance-roles
-TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" "$SIZE" "$BALANCE" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
+WIDTH_LAW=${WIDTH_LAW:-1}; ((WIDTH_LAW)) && LAW=--width-law || LAW=--no-width-law
+TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" "$SIZE" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
   --mixed-precision bf16 --output-weight "$OUTPUT_WEIGHT" --output-probes 32)
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift
