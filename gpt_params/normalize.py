@@ -108,13 +108,9 @@ class RoleNormalizer:
         exponent, ref = np.zeros((n_roles, 2)), np.zeros((n_roles, 2))
         for r in np.flatnonzero(seen):
             # one point per (sample, tensor of role r): its log fans and log rms about the role's mean
-            points = [
-                (f, math.log(max(np.sqrt(np.mean((v - mean[r]) ** 2)), 1e-8)))
-                for i, f, v in tensors
-                if i == r
-            ]
-            x, y = [p[0] for p in points], [p[1] for p in points]
-            x, y = np.asarray(x), np.asarray(y)
+            mine = [(f, v) for i, f, v in tensors if i == r]
+            x = np.stack([f for f, _ in mine])  # (P, 2)
+            y = np.log([max(np.sqrt(np.mean((v - mean[r]) ** 2)), 1e-8) for _, v in mine])  # (P,)
             ref[r] = x.mean(0)
             xc = x - ref[r]
             varied = xc.std(0) > 1e-6  # a fan every member shares (784 inputs, 10 outputs) has no slope
@@ -122,11 +118,7 @@ class RoleNormalizer:
                 coef, *_ = np.linalg.lstsq(xc[:, varied], y - y.mean(), rcond=None)
                 exponent[r, varied] = coef
             # the std at the reference fans that leaves the role's pooled normalised variance 1, as without the law
-            sq_r = sum(
-                np.sum(((v - mean[r]) * math.exp(-(f - ref[r]) @ exponent[r])) ** 2)
-                for i, f, v in tensors
-                if i == r
-            )
+            sq_r = sum(np.sum(((v - mean[r]) * math.exp(-(f - ref[r]) @ exponent[r])) ** 2) for f, v in mine)
             std[r] = math.sqrt(max(sq_r / count[r], 1e-16))
         return cls(tuple(roles), as_t(mean), as_t(std), as_t(exponent), as_t(ref))
 
