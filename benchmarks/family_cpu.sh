@@ -10,9 +10,10 @@
 #   OUTPUT_WEIGHT=1 EVAL_EVERY=250 ...: with the function-space term and validation R^2 of the narrowest,
 #     middle and widest members with val runs in train.log
 #   WIDTH=128 DEPTH=4 ...: the preset narrowed and made shallower (0: the preset's own), for more steps
-#   SIZE_EMBEDDING=0 / BALANCE_ROLES=0 / WIDTH_LAW=0 ...: the model not told its members' widths / plain MSE over
-#     all coordinates instead of each tensor role weighing the same / one normalising std per role instead of a
-#     power law of the tensor's fans (the ablations)
+#   SIZE_EMBEDDING=0 / BALANCE_ROLES=0 / WIDTH_LAW=0 / T_POWER=1 ...: the model not told its members' widths /
+#     plain MSE over all coordinates instead of each tensor role weighing the same / one normalising std per role
+#     instead of a power law of the tensor's fans / uniform diffusion timesteps instead of a density proportional
+#     to t, which weights high noise, where a one-step sample's first prediction is made (the ablations)
 #   RUNS=64 COHORT=16 EPOCHS=1 HARVEST_MINUTES=2 MINUTES=0.2 PRESET=tiny NETS=2 WIDTHS="4 10" SHAPES="8,4" \
 #     ADAM_STEPS=20 TIMING_STEPS=3 OUT=/tmp/fam bash benchmarks/family_cpu.sh  # a smoke run (minutes)
 set -euo pipefail
@@ -29,8 +30,9 @@ WIDTH=${WIDTH:-0}; DEPTH=${DEPTH:-0}  # model width and depth (0: the preset's)
 SIZE_EMBEDDING=${SIZE_EMBEDDING:-1}; ((SIZE_EMBEDDING)) && SIZE=--size-embedding || SIZE=--no-size-embedding
 BALANCE_ROLES=${BALANCE_ROLES:-1}; ((BALANCE_ROLES)) && BALANCE=--balance-roles || BALANCE=--no-balance-roles
 WIDTH_LAW=${WIDTH_LAW:-1}; ((WIDTH_LAW)) && LAW=--width-law || LAW=--no-width-law
+T_POWER=${T_POWER:-2}  # diffusion timesteps drawn as floor(1000 u^(1/T_POWER)): >1 favours high noise
 TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" "$SIZE" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
-  --mixed-precision bf16 --output-weight "$OUTPUT_WEIGHT" --output-probes 32)
+  --mixed-precision bf16 --output-weight "$OUTPUT_WEIGHT" --output-probes 32 --t-power "$T_POWER")
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift
   "$@" > "$log" 2>&1 || { echo "family_cpu.sh: failed: $*" >&2; tail -n 3 "$log" >&2; exit 1; }

@@ -10,7 +10,8 @@ For each member (held by the zoo), its first ``--nets`` val-split runs, which tr
   checkpoint's metric;
 * the step: one plain sample from the init prompted for the member's best metric, its RMS error per role
   against the run's last checkpoint and its spread (std) beside the checkpoint's, and the test loss of
-  the init, the last checkpoint and the step.
+  the init, the last checkpoint and the step; with ``--inference-steps 1 5 20`` also the step's test loss
+  at each number of DDIM steps (``step_ddimN``; the first is the step above).
 
 Prints one JSON line per member.
 """
@@ -44,9 +45,12 @@ def main() -> None:
     p.add_argument("--hidden", nargs="+", required=True, help="members the zoo holds, e.g. 4 72 53,37")
     p.add_argument("--nets", type=int, default=8, help="first val-split runs of each member")
     p.add_argument("--timesteps", type=int, nargs="+", default=[50, 300, 700, 950])
+    p.add_argument("--inference-steps", type=int, nargs="+", default=[5], help="DDIM steps of the step")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     members = [hidden_or_exit(h) for h in a.hidden]
+    if min(a.inference_steps) < 1:
+        raise fail(f"--inference-steps {a.inference_steps}: expected positive step counts")
     try:
         zoo = Zoo(a.zoo)
         fam = LearnedOptimizer.from_pretrained(a.model)
@@ -79,13 +83,22 @@ def main() -> None:
             with torch.no_grad():
                 pred = net(noisy, torch.full((len(r),), t), z0, start, target, plan=plan)
             denoiser[str(t)] = rms_by_role(pred, z1, plan.role_id, names)
-        step = opt.step(theta0, opt.best_prompt, generator=torch.Generator().manual_seed(a.seed))
+        steps = {
+            n: opt.step(
+                theta0,
+                opt.best_prompt,
+                num_inference_steps=n,
+                generator=torch.Generator().manual_seed(a.seed),
+            )
+            for n in a.inference_steps
+        }
+        step = steps[a.inference_steps[0]]
         zs = norm.normalize(step)
         held_out = task.held_out_metric(metric)
-        loss = {
-            k: float(np.median(task.evaluate(v)[held_out]))
-            for k, v in (("init", theta0), ("last", last), ("step", step))
-        }
+        nets = [("init", theta0), ("last", last), ("step", step)]
+        if len(steps) > 1:
+            nets += [(f"step_ddim{n}", v) for n, v in steps.items()]
+        loss = {k: float(np.median(task.evaluate(v)[held_out])) for k, v in nets}
         report = {
             "member": task.label,
             "nets": len(r),

@@ -65,9 +65,13 @@ def diffusion_loss(
     output_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     output_weight: float = 0.0,
     coord_weight: torch.Tensor | None = None,
+    t_power: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """MSE between the model's x0-prediction and ``theta_future`` ``(B, D)`` at random timesteps,
-    each coordinate weighted by ``coord_weight`` ``(D,)`` (mean 1) where given.
+    each coordinate weighted by ``coord_weight`` ``(D,)`` (mean 1) where given. Timesteps are drawn as
+    ``floor(T * u ** (1 / t_power))`` for uniform ``u``: uniform at 1, and at ``t_power`` > 1 weighted
+    towards high noise (density proportional to ``t ** (t_power - 1)``), where a one-step sample's first
+    x0-prediction is made from the start and the prompt alone.
 
     With ``output_loss`` and ``output_weight`` > 0 a function-space term is added:
     ``output_weight * mean_b(alpha_bar_t[b] * output_loss(pred, theta_future)[b])``, where
@@ -76,11 +80,17 @@ def diffusion_loss(
     is determined by the noisy input, not at pure noise, whose best x0-prediction is a posterior mean.
     Returns the loss and its parts (``param``, ``output``) as floats for logging.
     """
+    if t_power <= 0:
+        raise ValueError(f"t_power must be positive, got {t_power}")
     b = theta_future.shape[0]
     device = theta_future.device
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device="cpu").to(
-        device
-    )
+    n_t = scheduler.config.num_train_timesteps
+    if t_power == 1.0:
+        t = torch.randint(0, n_t, (b,), generator=generator, device="cpu")
+    else:
+        u = torch.rand(b, generator=generator, device="cpu")
+        t = (n_t * u.pow(1.0 / t_power)).long().clamp_(max=n_t - 1)
+    t = t.to(device)
     noise = torch.randn(theta_future.shape, generator=generator, device="cpu").to(device)
     noisy = scheduler.add_noise(theta_future, noise, t)
     keep = torch.rand(b, generator=generator, device="cpu").to(device) >= prompt_dropout

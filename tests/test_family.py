@@ -679,6 +679,13 @@ def test_role_errors_reports_every_role_of_a_held_member_and_refuses_one_never_h
     assert {"in_weight", "in_bias", "out_weight", "out_bias"} <= roles == set(report["denoiser_rms"]["900"])
     assert all(v > 0 for v in report["step_rms"].values()) and report["nets"] <= 2
     assert set(report["test_loss"]) == {"init", "last", "step"}
+    res = run_script(script, *common, "--hidden", held, "--inference-steps", "2", "1")
+    assert res.returncode == 0, res.stderr
+    loss = json.loads(res.stdout.splitlines()[-1])["test_loss"]
+    assert set(loss) == {"init", "last", "step", "step_ddim2", "step_ddim1"}
+    assert loss["step"] == loss["step_ddim2"] != loss["step_ddim1"]
+    res = run_script(script, *common, "--hidden", held, "--inference-steps", "0")
+    assert res.returncode == 2 and "expected positive step counts" in res.stderr, res.stderr
     res = run_script(script, *common, "--hidden", "10")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no val-split runs" in res.stderr, (
         res.stderr

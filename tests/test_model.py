@@ -241,3 +241,31 @@ def test_edge_pooling_equals_pooling_the_projected_edges():
     ]
     expected = torch.cat([units[0] + full.mean(2), units[1] + full.mean(1)], 1)
     torch.testing.assert_close(tok.encode(start, noisy)[:, :48], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_t_power_draws_timesteps_towards_high_noise():
+    sched = train_scheduler(DiffusionConfig())
+    seen: list[torch.Tensor] = []
+
+    def recorder(noisy, t, start, m0, prompt, keep):  # a denoiser that records its timesteps
+        seen.append(t)
+        return start + 0 * noisy
+
+    start, future = torch.zeros(4000, 3), torch.ones(4000, 3)
+    m = torch.zeros(4000)
+
+    def timesteps(power):
+        seen.clear()
+        diffusion_loss(
+            recorder, sched, start, future, m, m, 0.0, torch.Generator().manual_seed(0), t_power=power
+        )
+        return seen[0].float()
+
+    uniform, high = timesteps(1.0), timesteps(3.0)
+    assert 0 <= high.min() and high.max() <= 999
+    assert uniform.mean().item() == pytest.approx(499.5, abs=15)
+    # density proportional to t^2: mean 3T/4, and P(t < T/2) = 1/8
+    assert high.mean().item() == pytest.approx(750, abs=15)
+    assert (high < 500).float().mean().item() == pytest.approx(0.125, abs=0.02)
+    with pytest.raises(ValueError, match="t_power must be positive"):
+        timesteps(0.0)

@@ -99,6 +99,11 @@ class TrainConfig:
         1.0,
         "draw a pair's later checkpoint as i+1+floor(u^(1/late_bias)*(last-i)): 1 uniform, >1 favours late ones",
     )
+    t_power: float = opt(
+        1.0,
+        "draw diffusion timesteps as floor(1000*u^(1/t_power)): 1 uniform, >1 favours high noise, where a "
+        "one-step sample's first prediction comes from the start and prompt alone",
+    )
     early_stop: bool = opt(
         False,
         "cut each training run at its best checkpoint by the conditioning metric, so the metric improves "
@@ -304,6 +309,8 @@ def main() -> None:
             f"--output-weight {cfg.output_weight} / --output-probes {cfg.output_probes}; "
             "expected a weight >= 0 and at least 1 probe"
         )
+    if not cfg.t_power > 0:
+        fail(f"--t-power {cfg.t_power}; expected a positive power (1: uniform timesteps)")
     try:
         zoo = Zoo(cfg.zoo)
     except GptParamsError as e:
@@ -448,7 +455,7 @@ def main() -> None:
         with acc.accumulate(model):
             loss, parts = diffusion_loss(
                 denoiser, scheduler, batch["theta_start"], batch["theta_future"], batch["start_metric"],
-                batch["prompt"], cfg.prompt_dropout, gen, out_loss, cfg.output_weight, weight,
+                batch["prompt"], cfg.prompt_dropout, gen, out_loss, cfg.output_weight, weight, cfg.t_power,
             )  # fmt: skip
             acc.backward(loss)
             if acc.sync_gradients:
