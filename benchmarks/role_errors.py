@@ -95,10 +95,11 @@ def main() -> None:
         step = steps[a.inference_steps[0]]
         zs = norm.normalize(step)
         held_out = task.held_out_metric(metric)
-        nets = [("init", theta0), ("last", last), ("step", step)]
+        scored = [("init", theta0), ("last", last), ("step", step)]  # the first count is the step itself
+        scored += [(f"step_ddim{n}", v) for n, v in steps.items() if len(steps) > 1 and v is not step]
+        loss = {k: float(np.median(task.evaluate(v)[held_out])) for k, v in scored}
         if len(steps) > 1:
-            nets += [(f"step_ddim{n}", v) for n, v in steps.items()]
-        loss = {k: float(np.median(task.evaluate(v)[held_out])) for k, v in nets}
+            loss[f"step_ddim{a.inference_steps[0]}"] = loss["step"]
         report = {
             "member": task.label,
             "nets": len(r),
