@@ -10,8 +10,9 @@ a few hundred token dimensions cannot even copy ``theta_noisy`` back at t = 0). 
 so an untrained model returns ``theta_start`` unchanged.
 
 The backbone is DiT's: pre-LN transformer blocks from timm's ``Attention`` (fused
-scaled-dot-product attention) and ``Mlp``, modulated by the conditioning vector through adaLN-Zero.
-All metric and time inputs are scalars embedded with Fourier features.
+scaled-dot-product attention on CUDA, explicit matmuls on the CPU) and ``Mlp``, modulated by the
+conditioning vector through adaLN-Zero. All metric and time inputs are scalars embedded with Fourier
+features.
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 class Block(nn.Module):
     """Pre-LN transformer block with adaLN-Zero conditioning (DiT)."""
 
+    # attention: PyTorch's fused scaled-dot-product kernel on CUDA; on the CPU timm's explicit q @ k^T
+    # path, which takes less time there forward and backward at these sequence lengths (11-513 tokens:
+    # benchmarks/step_time.py); True forces the fused kernel on the CPU too
+    fused_on_cpu: bool = False
+
     def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -97,6 +103,7 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        self.attn.fused_attn = x.device.type == "cuda" or self.fused_on_cpu
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # each (B, E)
         x = x + gate1[:, None] * self.attn(_modulate(self.norm1(x), shift1, scale1))
         return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))

@@ -690,3 +690,24 @@ def test_role_errors_reports_every_role_of_a_held_member_and_refuses_one_never_h
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no val-split runs" in res.stderr, (
         res.stderr
     )
+
+
+def test_step_time_reports_each_member_attention_path_and_edge_width():
+    import json
+
+    from .conftest import repo_root, run_script
+
+    script = repo_root() / "benchmarks" / "step_time.py"
+    tiny = ["--preset", "tiny", "--width", "0", "--depth", "0", "--steps", "1"]
+    res = run_script(script, *tiny, "--hidden", "3", "5,2", "--edge-width", "0", "4")
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(r["hidden"], r["attention"], r["edge_width"]) for r in rows] == [
+        ([3], "explicit", 16), ([3], "fused", 16), ([5, 2], "explicit", 16), ([5, 2], "fused", 16),
+        ([3], "explicit", 4), ([3], "fused", 4), ([5, 2], "explicit", 4), ([5, 2], "fused", 4),
+    ]  # fmt: skip
+    assert rows[0]["params"] == 784 * 3 + 3 + 3 * 10 + 10 and rows[0]["pairs"] == 256
+    assert all(r["s_per_step"] > 0 and r["params_per_s"] > 0 for r in rows)
+    res = run_script(script, *tiny, "--hidden", "4,4,4")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "not a member of the mnist-mlp family" in res.stderr

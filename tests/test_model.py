@@ -269,3 +269,25 @@ def test_t_power_draws_timesteps_towards_high_noise():
     assert (high < 500).float().mean().item() == pytest.approx(0.125, abs=0.02)
     with pytest.raises(ValueError, match="t_power must be positive"):
         timesteps(0.0)
+
+
+def test_cpu_attention_path_computes_what_fused_attention_does(monkeypatch):
+    # on the CPU each block runs timm's explicit attention (faster there); the denoiser must not change
+    task, model = make("mnist-mlp")
+    randomise_heads(model)
+    x = inputs(task)
+    with torch.no_grad():
+        explicit = model(*x)
+    assert not any(b.attn.fused_attn for b in model.blocks)
+    forward = type(model.blocks[0].attn).forward
+
+    def fused(self, *args, **kwargs):
+        self.fused_attn = True
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.blocks[0].attn), "forward", fused)
+    with torch.no_grad():
+        reference = model(*x)
+    assert model.blocks[0].attn.fused_attn
+    assert not torch.equal(explicit, x[2])  # the blocks reach the output
+    torch.testing.assert_close(explicit, reference, rtol=1e-4, atol=1e-5)

@@ -69,6 +69,8 @@ def test_two_steps_export_a_loadable_model(zoo, tmp_path):
             "3",
             "--heads",
             "3",
+            "--edge-width",
+            "8",
             *TINY[:-4],
         ]
     )
@@ -76,7 +78,7 @@ def test_two_steps_export_a_loadable_model(zoo, tmp_path):
     assert exp.meta["task"] == "digits-mlp" and exp.meta["metric"] == "val_loss"
     # the architecture overrides replace the preset's and travel with the export
     cfg = exp.model.config
-    assert (cfg.width, cfg.depth, cfg.heads, cfg.edge_width) == (48, 3, 3, 16)
+    assert (cfg.width, cfg.depth, cfg.heads, cfg.edge_width) == (48, 3, 3, 8)
     assert exp.meta["metric_range"][0] < exp.meta["metric_range"][1]
     assert (out / "state" / "step-2").is_dir()
 
@@ -147,6 +149,7 @@ def test_bad_pair_option_is_a_one_line_error(zoo, tmp_path):
     [
         (["--width", "50", "--heads", "4"], "width 50 is not divisible by 4 heads"),
         (["--depth", "-2"], "--depth -2; expected a positive integer"),
+        (["--edge-width", "-1"], "--edge-width -1; expected a positive integer"),
         (["--tokenizer", "pixel"], "--tokenizer 'pixel'; expected neuron, chunk or role"),
         (["--output-weight", "-1"], "--output-weight -1.0 / --output-probes 256; expected a weight >= 0"),
         (["--t-power", "0"], "--t-power 0.0; expected a positive power"),

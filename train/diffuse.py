@@ -72,6 +72,10 @@ class TrainConfig:
         "fitted on the zoo (--no-width-law: one std per role)",
     )
     heads: int = opt(0, "override the preset's attention heads; must divide the width (0: the preset's)")
+    edge_width: int = opt(
+        0,
+        "override the preset's edge width, the per-weight features between two hidden layers (0: the preset's)",
+    )
     metric: str = opt("", "conditioning metric (default: the task's objective: val_loss, or return_mean)")
     batch_size: int = opt(256, "pairs per optimizer step and process")
     batch_params: int = opt(
@@ -135,8 +139,11 @@ class TrainConfig:
     resume: bool = opt(False, "continue from the latest checkpoint in <out>/state")
 
 
-def model_config(preset: str, tokenizer: str, width: int, depth: int, heads: int) -> ModelConfig:
-    """The preset's architecture with the ``--tokenizer``/``--width``/``--depth``/``--heads`` overrides."""
+def model_config(
+    preset: str, tokenizer: str, width: int, depth: int, heads: int, edge_width: int
+) -> ModelConfig:
+    """The preset's architecture with the ``--tokenizer``/``--width``/``--depth``/``--heads``/``--edge-width``
+    overrides."""
     if preset not in PRESETS:
         fail(f"unknown --preset {preset!r}; expected one of {', '.join(PRESETS)}")
     arch = PRESETS[preset].to_dict()
@@ -144,9 +151,9 @@ def model_config(preset: str, tokenizer: str, width: int, depth: int, heads: int
         if tokenizer not in ("neuron", "chunk", "role"):
             fail(f"--tokenizer {tokenizer!r}; expected neuron, chunk or role (mixed zoos)")
         arch["tokenizer"] = tokenizer
-    for name, value in (("width", width), ("depth", depth), ("heads", heads)):
+    for name, value in (("width", width), ("depth", depth), ("heads", heads), ("edge_width", edge_width)):
         if value < 0:
-            fail(f"--{name} {value}; expected a positive integer (0: the preset's)")
+            fail(f"--{name.replace('_', '-')} {value}; expected a positive integer (0: the preset's)")
         if value:
             arch[name] = value
     if arch["width"] % arch["heads"]:
@@ -303,7 +310,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, TrainConfig)
     cfg = from_args(TrainConfig, parser.parse_args())
-    mcfg = model_config(cfg.preset, cfg.tokenizer, cfg.width, cfg.depth, cfg.heads)  # before the zoo is read
+    mcfg = model_config(
+        cfg.preset, cfg.tokenizer, cfg.width, cfg.depth, cfg.heads, cfg.edge_width
+    )  # before the zoo is read
     if cfg.output_weight < 0 or cfg.output_probes < 1:
         fail(
             f"--output-weight {cfg.output_weight} / --output-probes {cfg.output_probes}; "

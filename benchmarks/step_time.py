@@ -1,0 +1,112 @@
+"""Training-step time of a family model per member: the attention path and the edge width.
+
+    python benchmarks/step_time.py --hidden 4 10 64 256 32,16 128,128 227,198 \\
+        --attention explicit fused --edge-width 64 16
+
+For each member, attention path and edge width: a ``--preset`` model (``--width``/``--depth`` overrides as
+``train/diffuse.py`` takes them) on the ``mnist-mlp`` family, one optimiser step as ``train/diffuse.py``
+takes it (bf16 autocast, role-balanced loss, ``--t-power`` timesteps; random pairs, no function-space
+term) on a batch of ``min(256, max(16, 8,388,608 // D))`` pairs, the training default. ``explicit`` is
+the model's CPU attention (timm's q @ k^T path), ``fused`` forces PyTorch's fused scaled-dot-product
+attention. Prints one JSON line per case: seconds per step (mean of ``--steps`` after one warm-up),
+parameters and pairs per second. Run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+
+import torch
+
+from gpt_params.diffusion import DiffusionConfig, diffusion_loss, role_balance, train_scheduler
+from gpt_params.errors import GptParamsError
+from gpt_params.layout import role_plan
+from gpt_params.model import PRESETS, Block, ModelConfig, ParamDiffusionTransformer
+from gpt_params.scripting import fail, hidden_or_exit
+from gpt_params.tasks import get_task
+
+BATCH_PARAMS = 8_388_608  # train/diffuse.py's --batch-params default
+
+
+def step_time(
+    hidden: tuple[int, ...], cfg: ModelConfig, attention: str, steps: int, t_power: float, seed: int
+) -> dict:
+    torch.manual_seed(seed)
+    family = get_task("mnist-mlp")
+    model = ParamDiffusionTransformer(None, (), cfg, DiffusionConfig(), family=family.family)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    task = get_task("mnist-mlp", hidden=hidden)
+    plan = role_plan(task.layout, task.symmetries, task.roles, task.family)
+    d = task.layout.numel
+    b = min(256, max(16, BATCH_PARAMS // d))
+    g = torch.Generator().manual_seed(seed)
+    start, future = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)  # (B, D)
+    metric, prompt = torch.randn(b, generator=g), torch.randn(b, generator=g)  # (B,)
+    denoiser = functools.partial(model, plan=plan)
+    weight, sched = role_balance(plan.role_id), train_scheduler(DiffusionConfig())
+    Block.fused_on_cpu = attention == "fused"
+
+    def one_step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = diffusion_loss(
+                denoiser, sched, start, future, metric, prompt, 0.1, g, None, 0.0, weight, t_power
+            )
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    try:
+        one_step()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            one_step()
+        dt = (time.perf_counter() - t0) / steps
+    finally:
+        Block.fused_on_cpu = False
+    return {
+        "hidden": list(hidden), "attention": attention, "edge_width": cfg.edge_width, "params": d, "pairs": b,
+        "s_per_step": round(dt, 3), "params_per_s": round(b * d / dt), "pairs_per_s": round(b / dt, 1),
+    }  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hidden", nargs="+", default=["4", "10", "64", "256", "32,16", "128,128", "227,198"])
+    p.add_argument("--attention", nargs="+", default=["explicit", "fused"], choices=["explicit", "fused"])
+    p.add_argument("--edge-width", type=int, nargs="+", default=[16], help="0: the preset's")
+    p.add_argument("--preset", default="small", choices=list(PRESETS))
+    p.add_argument("--width", type=int, default=128, help="0: the preset's")
+    p.add_argument("--depth", type=int, default=4, help="0: the preset's")
+    p.add_argument("--t-power", type=float, default=2.0)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    members = [hidden_or_exit(h) for h in a.hidden]
+    try:
+        for hidden in members:
+            get_task("mnist-mlp", hidden=hidden)
+    except GptParamsError as e:
+        raise fail(str(e)) from None
+    if a.steps < 1 or min(a.edge_width) < 0 or a.width < 0 or a.depth < 0:
+        raise fail(
+            f"--steps {a.steps} / --edge-width {a.edge_width} / --width {a.width} / --depth {a.depth}: "
+            "expected at least one step and non-negative sizes"
+        )
+    base = PRESETS[a.preset].to_dict()
+    for ew in a.edge_width:
+        arch = {**base, "tokenizer": "role", "size_embedding": True}
+        for name, value in (("width", a.width), ("depth", a.depth), ("edge_width", ew)):
+            arch[name] = value or arch[name]
+        if arch["width"] % arch["heads"]:
+            raise fail(f"--width {arch['width']} is not divisible by the preset's {arch['heads']} heads")
+        for hidden in members:
+            for attention in a.attention:
+                row = step_time(hidden, ModelConfig(**arch), attention, a.steps, a.t_power, a.seed)
+                print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
