@@ -10,7 +10,8 @@
 #   OUTPUT_WEIGHT=1 EVAL_EVERY=250 ...: with the function-space term and validation R^2 of the narrowest,
 #     middle and widest members with val runs in train.log
 #   WIDTH=128 DEPTH=4 ...: the preset narrowed and made shallower (0: the preset's own), for more steps;
-#     EDGE_WIDTH=64 ...: the preset's edge width instead of 16 (two-layer members' steps take 1.5x as long)
+#     EDGE_WIDTH=64 ...: the preset's edge width instead of 16 (two-layer members' steps take 1.5x as long; the
+#     edge-width-64 model did better on two-layer members, worse on one-layer ones with its fewer steps)
 #   SIZE_EMBEDDING=0 / BALANCE_ROLES=0 / WIDTH_LAW=0 / T_POWER=1 ...: the model not told its members' widths /
 #     plain MSE over all coordinates instead of each tensor role weighing the same / one normalising std per role
 #     instead of a power law of the tensor's fans / uniform diffusion timesteps instead of a density proportional
