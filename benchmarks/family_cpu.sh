@@ -12,6 +12,9 @@
 #   WIDTH=128 DEPTH=4 ...: the preset narrowed and made shallower (0: the preset's own), for more steps;
 #     EDGE_WIDTH=64 ...: the preset's edge width instead of 16 (two-layer members' steps take 1.5x as long; the
 #     edge-width-64 model did better on two-layer members, worse on one-layer ones with its fewer steps)
+#   BATCH_PARAMS=8388608 ...: a batch's pairs x member parameters capped at 8M instead of 2M, so members wider than
+#     about 32 get 4x more pairs per step and their steps take 2-4x as long (benchmarks/step_time.py): half the steps,
+#     a worse model on every member measured
 #   SIZE_EMBEDDING=0 / BALANCE_ROLES=0 / WIDTH_LAW=0 / T_POWER=1 ...: the model not told its members' widths /
 #     plain MSE over all coordinates instead of each tensor role weighing the same / one normalising std per role
 #     instead of a power law of the tensor's fans / uniform diffusion timesteps instead of a density proportional
@@ -30,11 +33,12 @@ ZOO=$DATA/mnist-mlp-family.h5; SINGLE=$DATA/mnist-mlp-h64.h5
 OUTPUT_WEIGHT=${OUTPUT_WEIGHT:-0}; EVAL_EVERY=${EVAL_EVERY:-0}  # function-space term; per-member validation
 WIDTH=${WIDTH:-0}; DEPTH=${DEPTH:-0}  # model width and depth (0: the preset's)
 EDGE_WIDTH=${EDGE_WIDTH:-16}  # per-weight features between the two hidden layers (0: the preset's, 64)
+BATCH_PARAMS=${BATCH_PARAMS:-2097152}  # most pairs x member parameters per batch (train/diffuse.py --batch-params)
 SIZE_EMBEDDING=${SIZE_EMBEDDING:-1}; ((SIZE_EMBEDDING)) && SIZE=--size-embedding || SIZE=--no-size-embedding
 BALANCE_ROLES=${BALANCE_ROLES:-1}; ((BALANCE_ROLES)) && BALANCE=--balance-roles || BALANCE=--no-balance-roles
 WIDTH_LAW=${WIDTH_LAW:-1}; ((WIDTH_LAW)) && LAW=--width-law || LAW=--no-width-law
 T_POWER=${T_POWER:-2}  # diffusion timesteps drawn as floor(1000 u^(1/T_POWER)): >1 favours high noise
-TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" "$SIZE" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
+TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-params "$BATCH_PARAMS" "$SIZE" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
   --mixed-precision bf16 --output-weight "$OUTPUT_WEIGHT" --output-probes 32 --t-power "$T_POWER")
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift

@@ -31,11 +31,13 @@ from gpt_params.scripting import fail, hidden_or_exit
 from gpt_params.zoo_reader import Zoo
 
 
-def rms_by_role(
-    a: torch.Tensor, b: torch.Tensor, role_id: torch.Tensor, names: list[str]
-) -> dict[str, float]:
-    """RMS of ``a - b`` ``(N, D)`` over each role's coordinates."""
-    return {names[r]: float((a - b)[:, role_id == r].pow(2).mean().sqrt()) for r in role_id.unique().tolist()}
+def by_role(x: torch.Tensor, role_id: torch.Tensor, names: list[str], stat) -> dict[str, float]:
+    """``stat`` of ``x`` ``(N, D)`` over each role's coordinates."""
+    return {names[r]: float(stat(x[:, role_id == r])) for r in role_id.unique().tolist()}
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).mean().sqrt()
 
 
 def main() -> None:
@@ -82,7 +84,7 @@ def main() -> None:
             noisy = abar**0.5 * z1 + (1 - abar) ** 0.5 * torch.randn(z1.shape, generator=g)
             with torch.no_grad():
                 pred = net(noisy, torch.full((len(r),), t), z0, start, target, plan=plan)
-            denoiser[str(t)] = rms_by_role(pred, z1, plan.role_id, names)
+            denoiser[str(t)] = by_role(pred - z1, plan.role_id, names, rms)
         steps = {
             n: opt.step(
                 theta0,
@@ -92,27 +94,22 @@ def main() -> None:
             )
             for n in a.inference_steps
         }
-        step = steps[a.inference_steps[0]]
+        step = steps[a.inference_steps[0]]  # the first count is the step
         zs = norm.normalize(step)
         held_out = task.held_out_metric(metric)
-        scored = [("init", theta0), ("last", last), ("step", step)]  # the first count is the step itself
-        scored += [(f"step_ddim{n}", v) for n, v in steps.items() if len(steps) > 1 and v is not step]
-        loss = {k: float(np.median(task.evaluate(v)[held_out])) for k, v in scored}
-        if len(steps) > 1:
-            loss[f"step_ddim{a.inference_steps[0]}"] = loss["step"]
+        scored = {"init": theta0, "last": last} | {f"step_ddim{n}": v for n, v in steps.items()}
+        loss = {k: float(np.median(task.evaluate(v)[held_out])) for k, v in scored.items()}
+        first = f"step_ddim{a.inference_steps[0]}"  # the step itself; step_ddimN kept with several counts
+        loss["step"] = loss[first] if len(steps) > 1 else loss.pop(first)
         report = {
             "member": task.label,
             "nets": len(r),
             "prompt": opt.best_prompt,
             held_out: loss,
             "denoiser_rms": denoiser,
-            "step_rms": rms_by_role(zs, z1, plan.role_id, names),
-            "step_std": {
-                names[i]: float(zs[:, plan.role_id == i].std()) for i in plan.role_id.unique().tolist()
-            },
-            "last_std": {
-                names[i]: float(z1[:, plan.role_id == i].std()) for i in plan.role_id.unique().tolist()
-            },
+            "step_rms": by_role(zs - z1, plan.role_id, names, rms),
+            "step_std": by_role(zs, plan.role_id, names, torch.std),
+            "last_std": by_role(z1, plan.role_id, names, torch.std),
         }
         print(json.dumps(report), flush=True)
 

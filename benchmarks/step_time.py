@@ -1,15 +1,16 @@
-"""Training-step time of a family model per member: the attention path and the edge width.
+"""Training-step time of a family model per member: the attention path, the edge width and the batch.
 
     python benchmarks/step_time.py --hidden 4 10 64 256 32,16 128,128 227,198 \\
-        --attention explicit fused --edge-width 64 16
+        --attention explicit fused --edge-width 64 16 --batch-params 8388608 2097152
 
-For each member, attention path and edge width: a ``--preset`` model (``--width``/``--depth`` overrides as
-``train/diffuse.py`` takes them) on the ``mnist-mlp`` family, one optimiser step as ``train/diffuse.py``
-takes it (bf16 autocast, role-balanced loss, ``--t-power`` timesteps; random pairs, no function-space
-term) on a batch of ``min(256, max(16, 8,388,608 // D))`` pairs, the training default. ``explicit`` is
-the model's CPU attention (timm's q @ k^T path), ``fused`` forces PyTorch's fused scaled-dot-product
-attention. Prints one JSON line per case: seconds per step (mean of ``--steps`` after one warm-up),
-parameters and pairs per second. Run it alone on the machine.
+For each member, attention path, edge width and batch size in parameters: a ``--preset`` model
+(``--width``/``--depth`` overrides as ``train/diffuse.py`` takes them) on the ``mnist-mlp`` family, one
+optimiser step as ``train/diffuse.py`` takes it (bf16 autocast, role-balanced loss, ``--t-power``
+timesteps; random pairs, no function-space term) on a batch of ``min(256, max(16, batch_params // D))``
+pairs, as ``train/diffuse.py --batch-params`` sizes it. ``explicit`` is the model's CPU attention (timm's
+q @ k^T path), ``fused`` forces PyTorch's fused scaled-dot-product attention. Prints one JSON line per
+case: seconds per step (mean of ``--steps`` after one warm-up), parameters and pairs per second. Run it
+alone on the machine.
 """
 
 from __future__ import annotations
@@ -28,11 +29,17 @@ from gpt_params.model import PRESETS, Block, ModelConfig, ParamDiffusionTransfor
 from gpt_params.scripting import fail, hidden_or_exit
 from gpt_params.tasks import get_task
 
-BATCH_PARAMS = 8_388_608  # train/diffuse.py's --batch-params default
+BATCH_PARAMS = 2_097_152  # train/diffuse.py's --batch-params default
 
 
 def step_time(
-    hidden: tuple[int, ...], cfg: ModelConfig, attention: str, steps: int, t_power: float, seed: int
+    hidden: tuple[int, ...],
+    cfg: ModelConfig,
+    attention: str,
+    steps: int,
+    t_power: float,
+    seed: int,
+    batch_params: int = BATCH_PARAMS,
 ) -> dict:
     torch.manual_seed(seed)
     family = get_task("mnist-mlp")
@@ -41,7 +48,7 @@ def step_time(
     task = get_task("mnist-mlp", hidden=hidden)
     plan = role_plan(task.layout, task.symmetries, task.roles, task.family)
     d = task.layout.numel
-    b = min(256, max(16, BATCH_PARAMS // d))
+    b = min(256, max(16, batch_params // d))
     g = torch.Generator().manual_seed(seed)
     start, future = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)  # (B, D)
     metric, prompt = torch.randn(b, generator=g), torch.randn(b, generator=g)  # (B,)
@@ -67,7 +74,8 @@ def step_time(
     finally:
         Block.fused_on_cpu = False
     return {
-        "hidden": list(hidden), "attention": attention, "edge_width": cfg.edge_width, "params": d, "pairs": b,
+        "hidden": list(hidden), "attention": attention, "edge_width": cfg.edge_width, "params": d,
+        "batch_params": batch_params, "pairs": b,
         "s_per_step": round(dt, 3), "params_per_s": round(b * d / dt), "pairs_per_s": round(b / dt, 1),
     }  # fmt: skip
 
@@ -77,6 +85,7 @@ def main() -> None:
     p.add_argument("--hidden", nargs="+", default=["4", "10", "64", "256", "32,16", "128,128", "227,198"])
     p.add_argument("--attention", nargs="+", default=["explicit", "fused"], choices=["explicit", "fused"])
     p.add_argument("--edge-width", type=int, nargs="+", default=[16], help="0: the preset's")
+    p.add_argument("--batch-params", type=int, nargs="+", default=[BATCH_PARAMS])
     p.add_argument("--preset", default="small", choices=list(PRESETS))
     p.add_argument("--width", type=int, default=128, help="0: the preset's")
     p.add_argument("--depth", type=int, default=4, help="0: the preset's")
@@ -90,10 +99,11 @@ def main() -> None:
             get_task("mnist-mlp", hidden=hidden)
     except GptParamsError as e:
         raise fail(str(e)) from None
-    if a.steps < 1 or min(a.edge_width) < 0 or a.width < 0 or a.depth < 0:
+    if a.steps < 1 or min(a.edge_width) < 0 or a.width < 0 or a.depth < 0 or min(a.batch_params) < 1:
         raise fail(
-            f"--steps {a.steps} / --edge-width {a.edge_width} / --width {a.width} / --depth {a.depth}: "
-            "expected at least one step and non-negative sizes"
+            f"--steps {a.steps} / --edge-width {a.edge_width} / --width {a.width} / --depth {a.depth} / "
+            f"--batch-params {a.batch_params}: expected at least one step, non-negative sizes and a positive "
+            "batch size"
         )
     base = PRESETS[a.preset].to_dict()
     for ew in a.edge_width:
@@ -102,10 +112,11 @@ def main() -> None:
             arch[name] = value or arch[name]
         if arch["width"] % arch["heads"]:
             raise fail(f"--width {arch['width']} is not divisible by the preset's {arch['heads']} heads")
-        for hidden in members:
-            for attention in a.attention:
-                row = step_time(hidden, ModelConfig(**arch), attention, a.steps, a.t_power, a.seed)
-                print(json.dumps(row), flush=True)
+        for bp in a.batch_params:
+            for hidden in members:
+                for attention in a.attention:
+                    row = step_time(hidden, ModelConfig(**arch), attention, a.steps, a.t_power, a.seed, bp)
+                    print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

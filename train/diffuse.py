@@ -79,9 +79,9 @@ class TrainConfig:
     metric: str = opt("", "conditioning metric (default: the task's objective: val_loss, or return_mean)")
     batch_size: int = opt(256, "pairs per optimizer step and process")
     batch_params: int = opt(
-        8_388_608,
+        2_097_152,
         "a mixed zoo: most pairs x member parameters per batch, so wide members get fewer pairs (at least "
-        "16) and fit in memory; 0 = always --batch-size",
+        "16), shorter steps and more of them; 0 = always --batch-size",
     )
     max_steps: int = opt(20_000, "optimizer steps")
     max_minutes: float = opt(
