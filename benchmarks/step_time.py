@@ -6,11 +6,11 @@
 For each member, attention path, edge width and batch size in parameters: a ``--preset`` model
 (``--width``/``--depth`` overrides as ``train/diffuse.py`` takes them) on the ``mnist-mlp`` family, one
 optimiser step as ``train/diffuse.py`` takes it (bf16 autocast, role-balanced loss, ``--t-power``
-timesteps; random pairs, no function-space term) on a batch of ``min(256, max(16, batch_params // D))``
-pairs, as ``train/diffuse.py --batch-params`` sizes it. ``explicit`` is the model's CPU attention (timm's
-q @ k^T path), ``fused`` forces PyTorch's fused scaled-dot-product attention. Prints one JSON line per
-case: seconds per step (mean of ``--steps`` after one warm-up), parameters and pairs per second. Run it
-alone on the machine.
+timesteps; random pairs, no function-space term) on a batch of
+``min(batch_size, max(16, batch_params // D))`` pairs, as ``train/diffuse.py --batch-size/--batch-params``
+size it. ``explicit`` is the model's CPU attention (timm's q @ k^T path), ``fused`` forces PyTorch's fused
+scaled-dot-product attention. Prints one JSON line per case: seconds per step (mean of ``--steps`` after
+one warm-up), parameters and pairs per second. Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def step_time(
     t_power: float,
     seed: int,
     batch_params: int = BATCH_PARAMS,
+    batch_size: int = 256,
 ) -> dict:
     torch.manual_seed(seed)
     family = get_task("mnist-mlp")
@@ -48,7 +49,7 @@ def step_time(
     task = get_task("mnist-mlp", hidden=hidden)
     plan = role_plan(task.layout, task.symmetries, task.roles, task.family)
     d = task.layout.numel
-    b = min(256, max(16, batch_params // d))
+    b = min(batch_size, max(16, batch_params // d))
     g = torch.Generator().manual_seed(seed)
     start, future = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)  # (B, D)
     metric, prompt = torch.randn(b, generator=g), torch.randn(b, generator=g)  # (B,)
@@ -86,6 +87,9 @@ def main() -> None:
     p.add_argument("--attention", nargs="+", default=["explicit", "fused"], choices=["explicit", "fused"])
     p.add_argument("--edge-width", type=int, nargs="+", default=[16], help="0: the preset's")
     p.add_argument("--batch-params", type=int, nargs="+", default=[BATCH_PARAMS])
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="most pairs per batch (train/diffuse.py's default)"
+    )
     p.add_argument("--preset", default="small", choices=list(PRESETS))
     p.add_argument("--width", type=int, default=128, help="0: the preset's")
     p.add_argument("--depth", type=int, default=4, help="0: the preset's")
@@ -99,11 +103,18 @@ def main() -> None:
             get_task("mnist-mlp", hidden=hidden)
     except GptParamsError as e:
         raise fail(str(e)) from None
-    if a.steps < 1 or min(a.edge_width) < 0 or a.width < 0 or a.depth < 0 or min(a.batch_params) < 1:
+    if (
+        a.steps < 1
+        or min(a.edge_width) < 0
+        or a.width < 0
+        or a.depth < 0
+        or min(a.batch_params) < 1
+        or a.batch_size < 1
+    ):
         raise fail(
             f"--steps {a.steps} / --edge-width {a.edge_width} / --width {a.width} / --depth {a.depth} / "
-            f"--batch-params {a.batch_params}: expected at least one step, non-negative sizes and a positive "
-            "batch size"
+            f"--batch-params {a.batch_params} / --batch-size {a.batch_size}: expected at least one step, "
+            "non-negative sizes and positive batch sizes"
         )
     base = PRESETS[a.preset].to_dict()
     for ew in a.edge_width:
@@ -115,7 +126,9 @@ def main() -> None:
         for bp in a.batch_params:
             for hidden in members:
                 for attention in a.attention:
-                    row = step_time(hidden, ModelConfig(**arch), attention, a.steps, a.t_power, a.seed, bp)
+                    row = step_time(
+                        hidden, ModelConfig(**arch), attention, a.steps, a.t_power, a.seed, bp, a.batch_size
+                    )
                     print(json.dumps(row), flush=True)
 
 

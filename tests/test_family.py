@@ -709,12 +709,22 @@ def test_step_time_reports_each_member_attention_path_edge_width_and_batch():
     assert rows[0]["params"] == 784 * 3 + 3 + 3 * 10 + 10 and rows[0]["pairs"] == 256
     assert all(r["s_per_step"] > 0 and r["params_per_s"] > 0 for r in rows)
     res = run_script(
-        script, *tiny, "--hidden", "3", "--attention", "explicit", "--batch-params", "100000", "2000"
+        script,
+        *tiny,
+        "--hidden",
+        "3",
+        "--attention",
+        "explicit",
+        "--batch-params",
+        "100000",
+        "2000",
+        "--batch-size",
+        "32",
     )
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in res.stdout.splitlines()]
-    # 100,000 // 2,395 parameters = 41 pairs; 2,000 // 2,395 = 0, raised to the floor of 16
-    assert [(r["batch_params"], r["pairs"]) for r in rows] == [(100000, 41), (2000, 16)]
+    # 100,000 // 2,395 parameters = 41 pairs, cut to --batch-size 32; 2,000 // 2,395 = 0, raised to the floor of 16
+    assert [(r["batch_params"], r["pairs"]) for r in rows] == [(100000, 32), (2000, 16)]
     for bad in (["--hidden", "4,4,4"], ["--batch-params", "0"]):
         res = run_script(script, *tiny, *bad)
         assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
