@@ -34,11 +34,12 @@ OUTPUT_WEIGHT=${OUTPUT_WEIGHT:-0}; EVAL_EVERY=${EVAL_EVERY:-0}  # function-space
 WIDTH=${WIDTH:-0}; DEPTH=${DEPTH:-0}  # model width and depth (0: the preset's)
 EDGE_WIDTH=${EDGE_WIDTH:-16}  # per-weight features between the two hidden layers (0: the preset's, 64)
 BATCH_PARAMS=${BATCH_PARAMS:-2097152}  # most pairs x member parameters per batch (train/diffuse.py --batch-params)
+BATCH_SIZE=${BATCH_SIZE:-256}  # most pairs per batch (train/diffuse.py --batch-size)
 SIZE_EMBEDDING=${SIZE_EMBEDDING:-1}; ((SIZE_EMBEDDING)) && SIZE=--size-embedding || SIZE=--no-size-embedding
 BALANCE_ROLES=${BALANCE_ROLES:-1}; ((BALANCE_ROLES)) && BALANCE=--balance-roles || BALANCE=--no-balance-roles
 WIDTH_LAW=${WIDTH_LAW:-1}; ((WIDTH_LAW)) && LAW=--width-law || LAW=--no-width-law
 T_POWER=${T_POWER:-2}  # diffusion timesteps drawn as floor(1000 u^(1/T_POWER)): >1 favours high noise
-TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-params "$BATCH_PARAMS" "$SIZE" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
+TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" "$SIZE" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
   --mixed-precision bf16 --output-weight "$OUTPUT_WEIGHT" --output-probes 32 --t-power "$T_POWER")
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift

@@ -25,7 +25,7 @@ import torch
 from gpt_params.diffusion import DiffusionConfig, diffusion_loss, role_balance, train_scheduler
 from gpt_params.errors import GptParamsError
 from gpt_params.layout import role_plan
-from gpt_params.model import PRESETS, Block, ModelConfig, ParamDiffusionTransformer
+from gpt_params.model import PRESETS, Block, ModelConfig, ParamDiffusionTransformer, preset_config
 from gpt_params.scripting import fail, hidden_or_exit
 from gpt_params.tasks import get_task
 
@@ -116,19 +116,15 @@ def main() -> None:
             f"--batch-params {a.batch_params} / --batch-size {a.batch_size}: expected at least one step, "
             "non-negative sizes and positive batch sizes"
         )
-    base = PRESETS[a.preset].to_dict()
     for ew in a.edge_width:
-        arch = {**base, "tokenizer": "role", "size_embedding": True}
-        for name, value in (("width", a.width), ("depth", a.depth), ("edge_width", ew)):
-            arch[name] = value or arch[name]
-        if arch["width"] % arch["heads"]:
-            raise fail(f"--width {arch['width']} is not divisible by the preset's {arch['heads']} heads")
+        try:
+            cfg = preset_config(a.preset, "role", a.width, a.depth, edge_width=ew, size_embedding=True)
+        except GptParamsError as e:
+            raise fail(str(e)) from None
         for bp in a.batch_params:
             for hidden in members:
                 for attention in a.attention:
-                    row = step_time(
-                        hidden, ModelConfig(**arch), attention, a.steps, a.t_power, a.seed, bp, a.batch_size
-                    )
+                    row = step_time(hidden, cfg, attention, a.steps, a.t_power, a.seed, bp, a.batch_size)
                     print(json.dumps(row), flush=True)
 
 

@@ -25,6 +25,7 @@ from timm.layers import Attention, Mlp
 from torch import nn
 
 from gpt_params.diffusion import DiffusionConfig, train_scheduler
+from gpt_params.errors import GptParamsError
 from gpt_params.layout import ParamLayout, PermGroup, Role, RolePlan
 from gpt_params.tokenizers import ChunkTokenizer, NeuronTokenizer, RoleTokenizer
 
@@ -63,6 +64,35 @@ PRESETS: dict[str, ModelConfig] = {
     "base": ModelConfig(width=512, depth=12, heads=8),
     "large": ModelConfig(width=1024, depth=16, heads=16, edge_width=128),
 }
+
+TOKENIZERS = ("neuron", "chunk", "role")
+
+
+def preset_config(
+    preset: str, tokenizer: str = "", width: int = 0, depth: int = 0, heads: int = 0, edge_width: int = 0,
+    **fields,
+) -> ModelConfig:  # fmt: skip
+    """``PRESETS[preset]`` with overrides: ``tokenizer`` (empty: the preset's) and sizes (0: the preset's),
+    then any other :class:`ModelConfig` fields as given. Raises :class:`GptParamsError` naming the bad value."""
+    if preset not in PRESETS:
+        raise GptParamsError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    arch = PRESETS[preset].to_dict()
+    if tokenizer:
+        if tokenizer not in TOKENIZERS:
+            raise GptParamsError(f"tokenizer {tokenizer!r}; expected neuron, chunk or role (mixed zoos)")
+        arch["tokenizer"] = tokenizer
+    for name, value in (("width", width), ("depth", depth), ("heads", heads), ("edge_width", edge_width)):
+        if value < 0:
+            raise GptParamsError(f"{name} {value}; expected a positive integer (0: the preset's)")
+        arch[name] = value or arch[name]
+    if unknown := set(fields) - set(arch):
+        raise GptParamsError(f"unknown model fields {sorted(unknown)}; expected some of {sorted(arch)}")
+    arch.update(fields)
+    if arch["width"] % arch["heads"]:
+        raise GptParamsError(
+            f"width {arch['width']} is not divisible by {arch['heads']} heads; choose a width the heads divide"
+        )
+    return ModelConfig(**arch)
 
 
 class FourierEmbedding(nn.Module):

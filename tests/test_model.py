@@ -1,11 +1,14 @@
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from gpt_params.diffusion import DiffusionConfig, diffusion_loss, sample, train_scheduler
+from gpt_params.errors import GptParamsError
 from gpt_params.export import Exported, load_export, save_export
 from gpt_params.layout import permute, random_perms
-from gpt_params.model import PRESETS, ModelConfig, ParamDiffusionTransformer, count_parameters
+from gpt_params.model import PRESETS, ModelConfig, ParamDiffusionTransformer, count_parameters, preset_config
 from gpt_params.normalize import ParamNormalizer
 from gpt_params.tasks import get_task
 
@@ -291,3 +294,19 @@ def test_cpu_attention_path_computes_what_fused_attention_does(monkeypatch):
     assert model.blocks[0].attn.fused_attn
     assert not torch.equal(explicit, x[2])  # the blocks reach the output
     torch.testing.assert_close(explicit, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_preset_config_overrides_and_errors():
+    cfg = preset_config("small", "role", width=128, depth=4, edge_width=16, size_embedding=True)
+    assert (cfg.width, cfg.depth, cfg.heads, cfg.edge_width) == (128, 4, PRESETS["small"].heads, 16)
+    assert cfg.tokenizer == "role" and cfg.size_embedding
+    assert preset_config("tiny") == PRESETS["tiny"]  # zeros and "" keep the preset's values
+    for kwargs, message in [
+        ({"preset": "huge"}, "unknown preset 'huge'"),
+        ({"preset": "tiny", "tokenizer": "pixel"}, "tokenizer 'pixel'"),
+        ({"preset": "tiny", "depth": -1}, "depth -1"),
+        ({"preset": "tiny", "width": 50, "heads": 4}, "width 50 is not divisible by 4 heads"),
+        ({"preset": "tiny", "colour": 1}, "unknown model fields ['colour']"),
+    ]:
+        with pytest.raises(GptParamsError, match=re.escape(message)):
+            preset_config(**kwargs)

@@ -36,7 +36,7 @@ from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import prompt_alignment
 from gpt_params.export import Exported, export_meta, save_export
 from gpt_params.layout import role_plan
-from gpt_params.model import PRESETS, ModelConfig, ParamDiffusionTransformer, count_parameters
+from gpt_params.model import PRESETS, ModelConfig, ParamDiffusionTransformer, count_parameters, preset_config
 from gpt_params.normalize import ParamNormalizer, RoleNormalizer
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.pairs import MemberPairStream, PairConfig, PairStream, best_index
@@ -143,25 +143,12 @@ def model_config(
     preset: str, tokenizer: str, width: int, depth: int, heads: int, edge_width: int
 ) -> ModelConfig:
     """The preset's architecture with the ``--tokenizer``/``--width``/``--depth``/``--heads``/``--edge-width``
-    overrides."""
-    if preset not in PRESETS:
-        fail(f"unknown --preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    arch = PRESETS[preset].to_dict()
-    if tokenizer:
-        if tokenizer not in ("neuron", "chunk", "role"):
-            fail(f"--tokenizer {tokenizer!r}; expected neuron, chunk or role (mixed zoos)")
-        arch["tokenizer"] = tokenizer
-    for name, value in (("width", width), ("depth", depth), ("heads", heads), ("edge_width", edge_width)):
-        if value < 0:
-            fail(f"--{name.replace('_', '-')} {value}; expected a positive integer (0: the preset's)")
-        if value:
-            arch[name] = value
-    if arch["width"] % arch["heads"]:
-        fail(
-            f"width {arch['width']} is not divisible by {arch['heads']} heads; "
-            "choose --width/--heads so that heads divide the width"
-        )
-    return ModelConfig(**arch)
+    overrides; bad values exit with the flag named."""
+    try:
+        return preset_config(preset, tokenizer, width, depth, heads, edge_width)
+    except GptParamsError as e:  # the message names the field first: name it as the flag
+        field = r"\b(preset|tokenizer|width|depth|heads|edge_width)\b"
+        fail(re.sub(field, lambda m: "--" + m[1].replace("_", "-"), str(e), count=1))
 
 
 def lr_lambda(warmup_steps: int, max_steps: int, max_minutes: float, elapsed_minutes: Callable[[], float]):
