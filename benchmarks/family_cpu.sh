@@ -15,6 +15,9 @@
 #   BATCH_PARAMS=8388608 ...: a batch's pairs x member parameters capped at 8M instead of 2M, so members wider than
 #     about 32 get 4x more pairs per step and their steps take 2-4x as long (benchmarks/step_time.py): half the steps,
 #     a worse model on every member measured
+#   BATCH_SIZE=1024 ...: at most 1,024 pairs per batch instead of 256 (members narrower than about 8 get more)
+#   EDGE_MESSAGES=0 ...: two-layer members' unit tokens get the weights between the layers pooled alone, not
+#     the other layer's tokens weighted by them (train/diffuse.py --no-edge-messages; the ablation)
 #   SIZE_EMBEDDING=0 / BALANCE_ROLES=0 / WIDTH_LAW=0 / T_POWER=1 ...: the model not told its members' widths /
 #     plain MSE over all coordinates instead of each tensor role weighing the same / one normalising std per role
 #     instead of a power law of the tensor's fans / uniform diffusion timesteps instead of a density proportional
@@ -36,11 +39,13 @@ EDGE_WIDTH=${EDGE_WIDTH:-16}  # per-weight features between the two hidden layer
 BATCH_PARAMS=${BATCH_PARAMS:-2097152}  # most pairs x member parameters per batch (train/diffuse.py --batch-params)
 BATCH_SIZE=${BATCH_SIZE:-256}  # most pairs per batch (train/diffuse.py --batch-size)
 SIZE_EMBEDDING=${SIZE_EMBEDDING:-1}; ((SIZE_EMBEDDING)) && SIZE=--size-embedding || SIZE=--no-size-embedding
+EDGE_MESSAGES=${EDGE_MESSAGES:-1}; ((EDGE_MESSAGES)) && MSG=--edge-messages || MSG=--no-edge-messages
 BALANCE_ROLES=${BALANCE_ROLES:-1}; ((BALANCE_ROLES)) && BALANCE=--balance-roles || BALANCE=--no-balance-roles
 WIDTH_LAW=${WIDTH_LAW:-1}; ((WIDTH_LAW)) && LAW=--width-law || LAW=--no-width-law
+PRECISION=${PRECISION:-auto}  # train/diffuse.py --mixed-precision: auto is bf16 where the CPU has AVX-512 / AMX, else fp32
 T_POWER=${T_POWER:-2}  # diffusion timesteps drawn as floor(1000 u^(1/T_POWER)): >1 favours high noise
-TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" "$SIZE" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
-  --mixed-precision bf16 --output-weight "$OUTPUT_WEIGHT" --output-probes 32 --t-power "$T_POWER")
+TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" "$SIZE" "$MSG" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
+  --mixed-precision "$PRECISION" --output-weight "$OUTPUT_WEIGHT" --output-probes 32 --t-power "$T_POWER")
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift
   "$@" > "$log" 2>&1 || { echo "family_cpu.sh: failed: $*" >&2; tail -n 3 "$log" >&2; exit 1; }

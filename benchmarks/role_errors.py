@@ -7,7 +7,8 @@ For each member (held by the zoo), its first ``--nets`` val-split runs, which tr
 
 * the denoiser: RMS error of the x0-prediction per role, in the model's normalised units, for the pair
   (init, last checkpoint) noised to each of ``--timesteps``, conditioned on the init's and the last
-  checkpoint's metric;
+  checkpoint's metric; beside it ``init_rms``, the error of predicting no change (the init itself),
+  the bar a prediction at high noise, which sees little but the init, has to beat;
 * the step: one plain sample from the init prompted for the member's best metric, its RMS error per role
   against the run's last checkpoint and its spread (std) beside the checkpoint's, and the test loss of
   the init, the last checkpoint and the step; with ``--inference-steps 1 5 20`` also the step's test loss
@@ -107,6 +108,7 @@ def main() -> None:
             "prompt": opt.best_prompt,
             held_out: loss,
             "denoiser_rms": denoiser,
+            "init_rms": by_role(z0 - z1, plan.role_id, names, rms),
             "step_rms": by_role(zs - z1, plan.role_id, names, rms),
             "step_std": by_role(zs, plan.role_id, names, torch.std),
             "last_std": by_role(z1, plan.role_id, names, torch.std),

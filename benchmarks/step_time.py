@@ -8,7 +8,8 @@ For each member, attention path, edge width and batch size in parameters: a ``--
 optimiser step as ``train/diffuse.py`` takes it (bf16 autocast, role-balanced loss, ``--t-power``
 timesteps; random pairs, no function-space term) on a batch of
 ``min(batch_size, max(16, batch_params // D))`` pairs, as ``train/diffuse.py --batch-size/--batch-params``
-size it. ``explicit`` is the model's CPU attention (timm's q @ k^T path), ``fused`` forces PyTorch's fused
+size it, with the family recipe's edge messages (``--no-edge-messages``: without). ``explicit`` is the
+model's CPU attention (timm's q @ k^T path), ``fused`` forces PyTorch's fused
 scaled-dot-product attention. Prints one JSON line per case: seconds per step (mean of ``--steps`` after
 one warm-up), parameters and pairs per second. Run it alone on the machine.
 """
@@ -41,6 +42,7 @@ def step_time(
     seed: int,
     batch_params: int = BATCH_PARAMS,
     batch_size: int = 256,
+    mixed_precision: str = "bf16",
 ) -> dict:
     torch.manual_seed(seed)
     family = get_task("mnist-mlp")
@@ -58,7 +60,7 @@ def step_time(
     Block.fused_on_cpu = attention == "fused"
 
     def one_step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
             loss, _ = diffusion_loss(
                 denoiser, sched, start, future, metric, prompt, 0.1, g, None, 0.0, weight, t_power
             )
@@ -75,7 +77,8 @@ def step_time(
     finally:
         Block.fused_on_cpu = False
     return {
-        "hidden": list(hidden), "attention": attention, "edge_width": cfg.edge_width, "params": d,
+        "hidden": list(hidden), "attention": attention, "edge_width": cfg.edge_width,
+        "edge_messages": cfg.edge_messages, "mixed_precision": mixed_precision, "params": d,
         "batch_params": batch_params, "pairs": b,
         "s_per_step": round(dt, 3), "params_per_s": round(b * d / dt), "pairs_per_s": round(b / dt, 1),
     }  # fmt: skip
@@ -89,6 +92,18 @@ def main() -> None:
     p.add_argument("--batch-params", type=int, nargs="+", default=[BATCH_PARAMS])
     p.add_argument(
         "--batch-size", type=int, default=256, help="most pairs per batch (train/diffuse.py's default)"
+    )
+    p.add_argument(
+        "--edge-messages",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the family recipe's edge messages (train/diffuse.py --edge-messages)",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        default="bf16",
+        choices=["bf16", "no"],
+        help="bf16 autocast (the recipe's; fast only where the CPU has bf16 instructions) or fp32",
     )
     p.add_argument("--preset", default="small", choices=list(PRESETS))
     p.add_argument("--width", type=int, default=128, help="0: the preset's")
@@ -118,13 +133,31 @@ def main() -> None:
         )
     for ew in a.edge_width:
         try:
-            cfg = preset_config(a.preset, "role", a.width, a.depth, edge_width=ew, size_embedding=True)
+            cfg = preset_config(
+                a.preset,
+                "role",
+                a.width,
+                a.depth,
+                edge_width=ew,
+                size_embedding=True,
+                edge_messages=a.edge_messages,
+            )
         except GptParamsError as e:
             raise fail(str(e)) from None
         for bp in a.batch_params:
             for hidden in members:
                 for attention in a.attention:
-                    row = step_time(hidden, cfg, attention, a.steps, a.t_power, a.seed, bp, a.batch_size)
+                    row = step_time(
+                        hidden,
+                        cfg,
+                        attention,
+                        a.steps,
+                        a.t_power,
+                        a.seed,
+                        bp,
+                        a.batch_size,
+                        a.mixed_precision,
+                    )
                     print(json.dumps(row), flush=True)
 
 

@@ -47,6 +47,9 @@ class ModelConfig:
     # layer's unit tokens, so without it the width reaches the model only through the units' share of
     # attention, while a net's logits sum over its units. Off in exports that predate it.
     size_embedding: bool = False
+    # role tokenizer: unit tokens also receive the other hidden layer's tokens weighted by the connecting
+    # weights' features (RoleTokenizer). Off in exports that predate it.
+    edge_messages: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,7 +166,7 @@ class ParamDiffusionTransformer(nn.Module):
                 raise ValueError(
                     "the 'role' tokenizer serves an architecture family; pass its roles as family="
                 )
-            self.tokenizer = RoleTokenizer(family, e, config.edge_width)
+            self.tokenizer = RoleTokenizer(family, e, config.edge_width, messages=config.edge_messages)
             n_skip = len(family)
         elif config.tokenizer in ("neuron", "chunk"):
             if layout is None:

@@ -215,9 +215,21 @@ class RoleTokenizer(nn.Module):
     (any number of units per hidden layer, up to ``max_layers`` hidden layers). A member's unit token
     is the sum of its roles' projections (a linear map of the concatenated slices, as in
     :class:`NeuronTokenizer`) plus an embedding of the hidden layer's position. Equivariant to
-    hidden-unit permutations by construction."""
+    hidden-unit permutations by construction.
 
-    def __init__(self, spec: dict[str, Role], width: int, edge_width: int = 64, max_layers: int = 2) -> None:
+    The weights between two hidden layers reach each unit's token pooled over the other layer. With
+    ``messages`` each unit also receives the other layer's unit tokens weighted by the connecting
+    edges' features, ``mean_b e_ab * v(u_b)``: so a first-layer unit learns what the units it feeds do
+    (in a one-layer member its own output weights say so), not only how strongly it connects."""
+
+    def __init__(
+        self,
+        spec: dict[str, Role],
+        width: int,
+        edge_width: int = 64,
+        max_layers: int = 2,
+        messages: bool = False,
+    ) -> None:
         super().__init__()
         self.spec = dict(spec)
         unit = [n for n, r in spec.items() if r.placement == "unit"]
@@ -237,6 +249,10 @@ class RoleTokenizer(nn.Module):
         self.edge_b = nn.ModuleDict({n: nn.Linear(width, edge_width) for n in edge})
         self.edge_x = nn.ModuleDict({n: nn.Linear(2 * f[n], edge_width) for n in edge})
         self.edge_out = nn.ModuleDict({n: nn.Linear(edge_width, f[n]) for n in edge})
+        self.messages = messages
+        if messages:  # per edge role: each side's tokens into edge features, and the messages back out
+            self.msg_v = nn.ModuleDict({n: nn.Linear(width, 2 * edge_width) for n in edge})
+            self.msg_out = nn.ModuleDict({n: nn.Linear(edge_width, width) for n in edge})
         self.rest_embed = nn.ModuleDict({n: nn.Linear(2 * f[n], width) for n in rest})
         self.rest_pos = nn.ParameterDict({n: nn.Parameter(torch.randn(width) * 0.02) for n in rest})
         self.rest_head = nn.ModuleDict({n: nn.Linear(width, f[n]) for n in rest})
@@ -261,11 +277,19 @@ class RoleTokenizer(nn.Module):
             for role, idx in parts:
                 tok = tok + self.embed[role](pair(idx))  # (B, n_g, E)
             units.append(tok)
+        own = list(units)  # each layer's tokens from its own units' parameters
         for role, ga, gb, idx in plan.edges:
             first, act, last = self.edge_in[role]
             hidden = act(first(pair(idx)))  # (B, n_a, n_b, W): pooled before the affine last map
             units[ga] = units[ga] + last(hidden.mean(2))
             units[gb] = units[gb] + last(hidden.mean(1))
+            if self.messages:
+                va = self.msg_v[role](own[ga])[..., : hidden.shape[-1]]  # (B, n_a, W)
+                vb = self.msg_v[role](own[gb])[..., hidden.shape[-1] :]  # (B, n_b, W)
+                to_a = torch.einsum("xabw,xbw->xaw", hidden, vb) / hidden.shape[2]  # (B, n_a, W)
+                to_b = torch.einsum("xabw,xaw->xbw", hidden, va) / hidden.shape[1]  # (B, n_b, W)
+                units[ga] = units[ga] + self.msg_out[role](to_a)
+                units[gb] = units[gb] + self.msg_out[role](to_b)
         rest = [(self.rest_embed[role](pair(idx)) + self.rest_pos[role])[:, None] for role, idx in plan.rest]
         return torch.cat(units + rest, 1)
 

@@ -17,10 +17,10 @@ def plan_of(task):
     return role_plan(task.layout, task.symmetries, task.roles, task.family)
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
+@pytest.fixture(scope="module", params=[False, True], ids=["pooled", "messages"])
+def tokenizer(request):
     torch.manual_seed(0)
-    tok = RoleTokenizer(get_task("mnist-mlp").family, width=32, edge_width=8)
+    tok = RoleTokenizer(get_task("mnist-mlp").family, width=32, edge_width=8, messages=request.param)
     for p in tok.parameters():  # the zero-initialised heads too, so decoding is not trivially zero
         torch.nn.init.normal_(p, std=0.05)
     return tok
@@ -42,6 +42,20 @@ def test_one_tokenizer_serves_every_member_equivariantly(tokenizer, hidden):
     torch.testing.assert_close(
         p_change, permute(change, task.layout, task.symmetries, perms), rtol=1e-4, atol=1e-5
     )
+
+
+def test_edge_messages_tell_first_layer_units_what_the_units_they_feed_do(tokenizer):
+    """A first-layer unit's token sees the second layer's output weights only through edge messages."""
+    task = get_task("mnist-mlp", hidden=(5, 3))
+    plan = plan_of(task)
+    g = torch.Generator().manual_seed(3)
+    start, noisy = torch.randn(2, 2, task.layout.numel, generator=g)  # (B, D) each
+    out_w = task.layout.slice_of("fc3.weight")
+    other_start, other_noisy = start.clone(), noisy.clone()
+    other_start[:, out_w], other_noisy[:, out_w] = -start[:, out_w], -noisy[:, out_w]
+    first = tokenizer.encode(start, noisy, plan)[:, :5]  # (B, 5, E): the first hidden layer's units
+    other = tokenizer.encode(other_start, other_noisy, plan)[:, :5]
+    assert torch.equal(first, other) != tokenizer.messages
 
 
 def test_plans_place_every_coordinate_by_role():
@@ -128,12 +142,10 @@ def test_role_normaliser_width_law_follows_a_std_that_scales_with_the_width():
     assert old.exponent is None and set(plain.state()) == {"role_normalizer.mean", "role_normalizer.std"}
 
 
-def random_family_model(size_embedding: bool, std: float = 0.02):
-    from gpt_params.model import PRESETS, ParamDiffusionTransformer
+def random_family_model(size_embedding: bool, std: float = 0.02, edge_messages: bool = False):
+    from gpt_params.model import ParamDiffusionTransformer, preset_config
 
-    cfg = PRESETS["tiny"].__class__(
-        **{**PRESETS["tiny"].to_dict(), "tokenizer": "role", "size_embedding": size_embedding}
-    )
+    cfg = preset_config("tiny", "role", size_embedding=size_embedding, edge_messages=edge_messages)
     torch.manual_seed(0)
     model = ParamDiffusionTransformer(None, (), cfg, family=get_task("mnist-mlp").family).eval()
     for p in model.parameters():  # leave the zero init, which returns theta_start for every member
@@ -141,9 +153,9 @@ def random_family_model(size_embedding: bool, std: float = 0.02):
     return model
 
 
-@pytest.mark.parametrize("size_embedding", [False, True])
-def test_a_family_model_predicts_for_any_member_and_stays_equivariant(size_embedding):
-    model = random_family_model(size_embedding)
+@pytest.mark.parametrize("size_embedding, edge_messages", [(False, False), (True, False), (True, True)])
+def test_a_family_model_predicts_for_any_member_and_stays_equivariant(size_embedding, edge_messages):
+    model = random_family_model(size_embedding, edge_messages=edge_messages)
     g = torch.Generator().manual_seed(0)
     for hidden in [(4,), (17,), (9, 6)]:
         task = get_task("mnist-mlp", hidden=hidden)
@@ -678,6 +690,7 @@ def test_role_errors_reports_every_role_of_a_held_member_and_refuses_one_never_h
     roles = set(report["step_rms"])
     assert {"in_weight", "in_bias", "out_weight", "out_bias"} <= roles == set(report["denoiser_rms"]["900"])
     assert all(v > 0 for v in report["step_rms"].values()) and report["nets"] <= 2
+    assert set(report["init_rms"]) == roles and all(v > 0 for v in report["init_rms"].values())
     assert set(report["test_loss"]) == {"init", "last", "step"}
     res = run_script(script, *common, "--hidden", held, "--inference-steps", "2", "1")
     assert res.returncode == 0, res.stderr
@@ -725,6 +738,10 @@ def test_step_time_reports_each_member_attention_path_edge_width_and_batch():
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     # 100,000 // 2,395 parameters = 41 pairs, cut to --batch-size 32; 2,000 // 2,395 = 0, raised to the floor of 16
     assert [(r["batch_params"], r["pairs"]) for r in rows] == [(100000, 32), (2000, 16)]
+    res = run_script(script, *tiny, "--hidden", "5,2", "--attention", "explicit", "--no-edge-messages")
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(line)["edge_messages"] for line in res.stdout.splitlines()] == [False]
+    assert rows[0]["edge_messages"] is True
     for bad in (["--hidden", "4,4,4"], ["--batch-params", "0"]):
         res = run_script(script, *tiny, *bad)
         assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr

@@ -31,6 +31,8 @@ def test_family_script_harvests_times_trains_and_scores_members(tmp_path):
     assert summary["model"]["train_steps"] >= 1
     model_cfg = json.loads((tmp_path / "out" / "model" / "config.json").read_text())["model"]
     assert (model_cfg["width"], model_cfg["depth"]) == (48, 1)  # WIDTH / DEPTH reach the trainer
+    train_cfg = json.loads((tmp_path / "out" / "model" / "config.json").read_text())["train"]
+    assert train_cfg["mixed_precision"] in ("bf16", "no") and train_cfg["edge_messages"]  # auto, resolved
     members = {tuple(r["hidden"]) for r in summary["family"]["rows"] if r["model"] == "family"}
     assert members == {(4,), (10,), (8, 4)}
     # per-member validation during training: R^2 of the narrowest, middle and widest member with val runs

@@ -18,7 +18,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from gpt_params.config import add_arguments, from_args, opt
 from gpt_params.critic import BANK_SIZE
+from gpt_params.devices import resolve_mixed_precision
 from gpt_params.diffusion import DiffusionConfig, diffusion_loss, role_balance, train_scheduler
 from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import prompt_alignment
@@ -60,6 +61,11 @@ class TrainConfig:
     depth: int = opt(0, "override the preset's number of transformer blocks (0: the preset's)")
     size_embedding: bool = opt(
         True, "a mixed zoo's model: condition on each hidden layer's width (--no-size-embedding: without)"
+    )
+    edge_messages: bool = opt(
+        True,
+        "a mixed zoo's model: each hidden unit's token receives the other hidden layer's tokens weighted by "
+        "the connecting weights (--no-edge-messages: the weights pooled alone)",
     )
     balance_roles: bool = opt(
         True,
@@ -92,7 +98,11 @@ class TrainConfig:
     warmup_steps: int = opt(500, "linear warm-up steps before cosine decay")
     grad_clip: float = opt(1.0, "gradient norm clip")
     grad_accum: int = opt(1, "gradient accumulation steps")
-    mixed_precision: str = opt("no", "accelerate mixed precision: no, fp16, bf16")
+    mixed_precision: str = opt(
+        "no",
+        "accelerate mixed precision: no, fp16, bf16, or auto: bf16 where this machine computes it fast "
+        "(CUDA GPUs with bf16, CPUs with AVX-512 / AMX), else no",
+    )
     ema_decay: float = opt(
         0.999, "EMA decay of the weights used for sampling (warmed up: min(decay, (1+n)/(10+n)))"
     )
@@ -317,7 +327,7 @@ def main() -> None:
             if cfg.tokenizer:
                 fail(f"--tokenizer {cfg.tokenizer!r}: a mixed zoo's model uses the role tokenizer")
             mcfg.tokenizer = "role"
-        mcfg.size_embedding = cfg.size_embedding
+        mcfg.size_embedding, mcfg.edge_messages = cfg.size_embedding, cfg.edge_messages
     elif mcfg.tokenizer == "role":
         fail(
             "--tokenizer role serves a mixed zoo (harvest --architectures mixed); this zoo holds one architecture"
@@ -328,6 +338,15 @@ def main() -> None:
     train_rows = zoo.runs("train")
     if len(train_rows) == 0:
         fail(f"{cfg.zoo!r} has no train-split runs")
+    try:  # as the accelerator will place this process: a GPU where there is one
+        precision, slow = resolve_mixed_precision(
+            cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu"
+        )
+    except GptParamsError as e:
+        fail(f"--{str(e).replace(' ', '-', 1)}")
+    if slow:
+        print(f"train/diffuse.py: --mixed-precision {cfg.mixed_precision}: {slow}", file=sys.stderr)
+    cfg = replace(cfg, mixed_precision=precision)  # the export records the precision trained in
     out, state_dir = Path(cfg.out), Path(cfg.out) / "state"
     acc = Accelerator(
         gradient_accumulation_steps=cfg.grad_accum,
