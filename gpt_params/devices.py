@@ -47,7 +47,10 @@ def bf16_is_fast(device_type: str) -> bool:
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        try:  # a private op of PyTorch's oneDNN build: absent, assume emulated bf16 (fp32 is then the safe pick)
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
     return False
 
 
