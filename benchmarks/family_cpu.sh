@@ -17,7 +17,10 @@
 #     a worse model on every member measured
 #   BATCH_SIZE=1024 ...: at most 1,024 pairs per batch instead of 256 (members narrower than about 8 get more)
 #   EDGE_MESSAGES=0 ...: two-layer members' unit tokens get the weights between the layers pooled alone, not
-#     the other layer's tokens weighted by them (train/diffuse.py --no-edge-messages; the ablation)
+#     the other layer's tokens weighted by them (train/diffuse.py --no-edge-messages; the ablation);
+#     MESSAGE_NORM=mean ...: those messages averaged over the other layer instead of centred and divided by sqrt(n)
+#   BLOCK_MESSAGES=0 ...: messages only in the tokens, not passed again after every transformer block
+#     (train/diffuse.py --no-block-messages; the ablation)
 #   SIZE_EMBEDDING=0 / BALANCE_ROLES=0 / WIDTH_LAW=0 / T_POWER=1 ...: the model not told its members' widths /
 #     plain MSE over all coordinates instead of each tensor role weighing the same / one normalising std per role
 #     instead of a power law of the tensor's fans / uniform diffusion timesteps instead of a density proportional
@@ -42,9 +45,11 @@ SIZE_EMBEDDING=${SIZE_EMBEDDING:-1}; ((SIZE_EMBEDDING)) && SIZE=--size-embedding
 EDGE_MESSAGES=${EDGE_MESSAGES:-1}; ((EDGE_MESSAGES)) && MSG=--edge-messages || MSG=--no-edge-messages
 BALANCE_ROLES=${BALANCE_ROLES:-1}; ((BALANCE_ROLES)) && BALANCE=--balance-roles || BALANCE=--no-balance-roles
 WIDTH_LAW=${WIDTH_LAW:-1}; ((WIDTH_LAW)) && LAW=--width-law || LAW=--no-width-law
+BLOCK_MESSAGES=${BLOCK_MESSAGES:-1}; ((BLOCK_MESSAGES)) && BLOCK=--block-messages || BLOCK=--no-block-messages
+MESSAGE_NORM=${MESSAGE_NORM:-sqrt}  # train/diffuse.py --message-norm: an edge message's sum centred, over sqrt(n); or over n
 PRECISION=${PRECISION:-auto}  # train/diffuse.py --mixed-precision: auto is bf16 where the CPU has AVX-512 / AMX, else fp32
 T_POWER=${T_POWER:-2}  # diffusion timesteps drawn as floor(1000 u^(1/T_POWER)): >1 favours high noise
-TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" "$SIZE" "$MSG" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
+TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" "$SIZE" "$MSG" --message-norm "$MESSAGE_NORM" "$BLOCK" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
   --mixed-precision "$PRECISION" --output-weight "$OUTPUT_WEIGHT" --output-probes 32 --t-power "$T_POWER")
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift

@@ -14,6 +14,12 @@ For each member (held by the zoo), its first ``--nets`` val-split runs, which tr
   the init, the last checkpoint and the step; with ``--inference-steps 1 5 20`` also the step's test loss
   at each number of DDIM steps (``step_ddimN``; the first is the step above).
 
+With ``--reruns``, the floor those errors stand on: each init trained twice more with the zoo's recipe
+(Adam, its learning rate and cosine schedule, batch and epochs), each time in another data order, and per role
+the RMS difference of the two results over sqrt(2) (``rerun_rms``): the error of the best prediction the init
+alone allows, the part of a run that its data order, not its init, decides. ``rerun_test_loss`` checks that the
+reruns land where the zoo's runs do.
+
 Prints one JSON line per member.
 """
 
@@ -29,6 +35,7 @@ from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import bind_member, held_rows
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.scripting import fail, hidden_or_exit
+from gpt_params.tasks.batched import minibatch_steps
 from gpt_params.zoo_reader import Zoo
 
 
@@ -41,6 +48,19 @@ def rms(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).mean().sqrt()
 
 
+def retrain(task, theta0: torch.Tensor, hp: dict, seed: int) -> torch.Tensor:
+    """``theta0`` ``(N, D)`` trained with a zoo run's recipe ``hp`` in data order ``seed``: the final ``(N, D)``."""
+    if hp.get("optimizer") != "adam" or hp.get("weight_decay", 0.0) != 0.0:
+        raise fail(f"--reruns retrains the adam preset's recipe; this zoo's runs use {hp}")
+    steps = hp["epochs"] * (task.data.sizes()["train"] // hp["batch_size"])  # as the harvest counts them
+    for step, flat in minibatch_steps(
+        task, theta0, "adam", hp["lr"], steps, hp["batch_size"], seed, hp["schedule"]
+    ):  # fmt: skip
+        if step == steps:
+            return flat()
+    raise AssertionError("unreachable")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a family model: export directory or shipped name")
@@ -49,6 +69,9 @@ def main() -> None:
     p.add_argument("--nets", type=int, default=8, help="first val-split runs of each member")
     p.add_argument("--timesteps", type=int, nargs="+", default=[50, 300, 700, 950])
     p.add_argument("--inference-steps", type=int, nargs="+", default=[5], help="DDIM steps of the step")
+    p.add_argument(
+        "--reruns", action="store_true", help="also the floor: each init retrained in 2 data orders"
+    )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     members = [hidden_or_exit(h) for h in a.hidden]
@@ -113,6 +136,11 @@ def main() -> None:
             "step_std": by_role(zs, plan.role_id, names, torch.std),
             "last_std": by_role(z1, plan.role_id, names, torch.std),
         }
+        if a.reruns:
+            reruns = [retrain(task, theta0, zoo.hparams[int(r[0])], seed) for seed in (1, 2)]  # (N, D) each
+            za, zb = (norm.normalize(x) for x in reruns)
+            report["rerun_rms"] = by_role((za - zb) / 2**0.5, plan.role_id, names, rms)
+            report["rerun_test_loss"] = [float(np.median(task.evaluate(x)[held_out])) for x in reruns]
         print(json.dumps(report), flush=True)
 
 

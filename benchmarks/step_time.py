@@ -8,10 +8,18 @@ For each member, attention path, edge width and batch size in parameters: a ``--
 optimiser step as ``train/diffuse.py`` takes it (bf16 autocast, role-balanced loss, ``--t-power``
 timesteps; random pairs, no function-space term) on a batch of
 ``min(batch_size, max(16, batch_params // D))`` pairs, as ``train/diffuse.py --batch-size/--batch-params``
-size it, with the family recipe's edge messages (``--no-edge-messages``: without). ``explicit`` is the
+size it, with the family recipe's edge messages in the tokens and after every block
+(``--no-edge-messages`` / ``--no-block-messages``: without). ``explicit`` is the
 model's CPU attention (timm's q @ k^T path), ``fused`` forces PyTorch's fused
 scaled-dot-product attention. Prints one JSON line per case: seconds per step (mean of ``--steps`` after
 one warm-up), parameters and pairs per second. Run it alone on the machine.
+
+    python benchmarks/step_time.py --hidden 4 10 24 64 256 32,16 128,128 227,198 --attention explicit \
+        --mixed-precision no --mix 3
+
+``--mix ROUNDS`` asks instead what mixing architectures costs: one model takes the members' steps round-robin,
+a new shape every step as on a mixed zoo, and the same steps member by member, back to back; one JSON line with
+seconds per step in each order and their ratio.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import argparse
 import functools
 import json
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -33,6 +42,46 @@ from gpt_params.tasks import get_task
 BATCH_PARAMS = 2_097_152  # train/diffuse.py's --batch-params default
 
 
+def step_fn(
+    model: ParamDiffusionTransformer,
+    opt: torch.optim.Optimizer,
+    hidden: tuple[int, ...],
+    t_power: float,
+    seed: int,
+    batch_params: int = BATCH_PARAMS,
+    batch_size: int = 256,
+    mixed_precision: str = "bf16",
+) -> tuple[Callable[[], None], int, int]:
+    """One optimiser step of ``model`` on a random batch of member ``hidden``, as ``train/diffuse.py`` takes
+    it; returns the step, the pairs per batch and the member's parameters."""
+    task = get_task("mnist-mlp", hidden=hidden)
+    plan = role_plan(task.layout, task.symmetries, task.roles, task.family)
+    d = task.layout.numel
+    b = min(batch_size, max(16, batch_params // d))
+    g = torch.Generator().manual_seed(seed)
+    start, future = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)  # (B, D)
+    metric, prompt = torch.randn(b, generator=g), torch.randn(b, generator=g)  # (B,)
+    denoiser = functools.partial(model, plan=plan)
+    weight, sched = role_balance(plan.role_id), train_scheduler(DiffusionConfig())
+
+    def one_step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
+            loss, _ = diffusion_loss(
+                denoiser, sched, start, future, metric, prompt, 0.1, g, None, 0.0, weight, t_power
+            )
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return one_step, b, d
+
+
+def new_model(cfg: ModelConfig, seed: int) -> tuple[ParamDiffusionTransformer, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = ParamDiffusionTransformer(None, (), cfg, DiffusionConfig(), family=get_task("mnist-mlp").family)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
 def step_time(
     hidden: tuple[int, ...],
     cfg: ModelConfig,
@@ -44,30 +93,10 @@ def step_time(
     batch_size: int = 256,
     mixed_precision: str = "bf16",
 ) -> dict:
-    torch.manual_seed(seed)
-    family = get_task("mnist-mlp")
-    model = ParamDiffusionTransformer(None, (), cfg, DiffusionConfig(), family=family.family)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    task = get_task("mnist-mlp", hidden=hidden)
-    plan = role_plan(task.layout, task.symmetries, task.roles, task.family)
-    d = task.layout.numel
-    b = min(batch_size, max(16, batch_params // d))
-    g = torch.Generator().manual_seed(seed)
-    start, future = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)  # (B, D)
-    metric, prompt = torch.randn(b, generator=g), torch.randn(b, generator=g)  # (B,)
-    denoiser = functools.partial(model, plan=plan)
-    weight, sched = role_balance(plan.role_id), train_scheduler(DiffusionConfig())
+    one_step, b, d = step_fn(
+        *new_model(cfg, seed), hidden, t_power, seed, batch_params, batch_size, mixed_precision
+    )
     Block.fused_on_cpu = attention == "fused"
-
-    def one_step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
-            loss, _ = diffusion_loss(
-                denoiser, sched, start, future, metric, prompt, 0.1, g, None, 0.0, weight, t_power
-            )
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
     try:
         one_step()  # warm-up
         t0 = time.perf_counter()
@@ -78,9 +107,40 @@ def step_time(
         Block.fused_on_cpu = False
     return {
         "hidden": list(hidden), "attention": attention, "edge_width": cfg.edge_width,
-        "edge_messages": cfg.edge_messages, "mixed_precision": mixed_precision, "params": d,
+        "edge_messages": cfg.edge_messages, "block_messages": cfg.block_messages,
+        "mixed_precision": mixed_precision, "params": d,
         "batch_params": batch_params, "pairs": b,
         "s_per_step": round(dt, 3), "params_per_s": round(b * d / dt), "pairs_per_s": round(b / dt, 1),
+    }  # fmt: skip
+
+
+def mixing_cost(
+    members: list[tuple[int, ...]], cfg: ModelConfig, rounds: int, t_power: float, seed: int, **batch
+) -> dict:
+    """One model's steps over ``members``, ``rounds`` each (after one warm-up step each): round-robin, a
+    new member every step as training on a mixed zoo meets them, against each member's steps back to back.
+    The same steps in both orders, so the ratio is what changing shape every step costs."""
+    model, opt = new_model(cfg, seed)
+    steps = [step_fn(model, opt, h, t_power, seed, **batch)[0] for h in members]
+    for one_step in steps:
+        one_step()  # warm-up
+    seconds = {}
+    for order in ("back_to_back", "round_robin", "back_to_back_again"):
+        t0 = time.perf_counter()
+        if order == "round_robin":
+            for _ in range(rounds):
+                for one_step in steps:
+                    one_step()
+        else:
+            for one_step in steps:
+                for _ in range(rounds):
+                    one_step()
+        seconds[order] = (time.perf_counter() - t0) / (rounds * len(members))
+    blocked = (seconds["back_to_back"] + seconds["back_to_back_again"]) / 2
+    return {
+        "members": [list(h) for h in members], "rounds": rounds,
+        "s_per_step": {k: round(v, 3) for k, v in seconds.items()},
+        "round_robin_over_back_to_back": round(seconds["round_robin"] / blocked, 3),
     }  # fmt: skip
 
 
@@ -105,6 +165,20 @@ def main() -> None:
         choices=["bf16", "no"],
         help="bf16 autocast (the recipe's; fast only where the CPU has bf16 instructions) or fp32",
     )
+    p.add_argument(
+        "--block-messages",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the family recipe's messages after every block too (train/diffuse.py --block-messages)",
+    )
+    p.add_argument(
+        "--mix",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="instead: one model's steps over the members round-robin against back to back, ROUNDS each "
+        "(the first --attention, --edge-width and --batch-params); one JSON line",
+    )
     p.add_argument("--preset", default="small", choices=list(PRESETS))
     p.add_argument("--width", type=int, default=128, help="0: the preset's")
     p.add_argument("--depth", type=int, default=4, help="0: the preset's")
@@ -125,11 +199,12 @@ def main() -> None:
         or a.depth < 0
         or min(a.batch_params) < 1
         or a.batch_size < 1
+        or a.mix < 0
     ):
         raise fail(
             f"--steps {a.steps} / --edge-width {a.edge_width} / --width {a.width} / --depth {a.depth} / "
-            f"--batch-params {a.batch_params} / --batch-size {a.batch_size}: expected at least one step, "
-            "non-negative sizes and positive batch sizes"
+            f"--batch-params {a.batch_params} / --batch-size {a.batch_size} / --mix {a.mix}: expected at least "
+            "one step, non-negative sizes and rounds and positive batch sizes"
         )
     for ew in a.edge_width:
         try:
@@ -141,9 +216,20 @@ def main() -> None:
                 edge_width=ew,
                 size_embedding=True,
                 edge_messages=a.edge_messages,
+                message_norm="sqrt" if a.edge_messages else "mean",
+                block_messages=a.block_messages,
             )
         except GptParamsError as e:
             raise fail(str(e)) from None
+        if a.mix:
+            Block.fused_on_cpu = a.attention[0] == "fused"
+            row = mixing_cost(
+                members, cfg, a.mix, a.t_power, a.seed, batch_params=a.batch_params[0],
+                batch_size=a.batch_size, mixed_precision=a.mixed_precision,
+            )  # fmt: skip
+            Block.fused_on_cpu = False
+            print(json.dumps({"attention": a.attention[0], "edge_width": ew, **row}), flush=True)
+            return
         for bp in a.batch_params:
             for hidden in members:
                 for attention in a.attention:

@@ -27,7 +27,7 @@ from torch import nn
 from gpt_params.diffusion import DiffusionConfig, train_scheduler
 from gpt_params.errors import GptParamsError
 from gpt_params.layout import ParamLayout, PermGroup, Role, RolePlan
-from gpt_params.tokenizers import ChunkTokenizer, NeuronTokenizer, RoleTokenizer
+from gpt_params.tokenizers import MESSAGE_NORMS, ChunkTokenizer, NeuronTokenizer, RoleTokenizer, edge_messages
 
 
 @dataclass
@@ -50,6 +50,14 @@ class ModelConfig:
     # role tokenizer: unit tokens also receive the other hidden layer's tokens weighted by the connecting
     # weights' features (RoleTokenizer). Off in exports that predate it.
     edge_messages: bool = False
+    # edge messages summed over the other layer's n units and divided by n ("mean", as in exports that
+    # predate this field), or centred over that layer and divided by sqrt(n) ("sqrt": a sum of n terms of
+    # random sign grows as sqrt(n), so the message keeps one scale across widths; RoleTokenizer)
+    message_norm: str = "mean"
+    # role tokenizer: after every transformer block, each hidden unit's token also receives the other hidden
+    # layer's (processed) tokens along the connecting weights (EdgeMessages), so what a unit learns in one
+    # block reaches the units wired to it in the next. Off in exports that predate it.
+    block_messages: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +99,8 @@ def preset_config(
     if unknown := set(fields) - set(arch):
         raise GptParamsError(f"unknown model fields {sorted(unknown)}; expected some of {sorted(arch)}")
     arch.update(fields)
+    if arch["message_norm"] not in MESSAGE_NORMS:
+        raise GptParamsError(f"message_norm {arch['message_norm']!r}; expected {' or '.join(MESSAGE_NORMS)}")
     if arch["width"] % arch["heads"]:
         raise GptParamsError(
             f"width {arch['width']} is not divisible by {arch['heads']} heads; choose a width the heads divide"
@@ -142,6 +152,40 @@ class Block(nn.Module):
         return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
 
 
+class EdgeMessages(nn.Module):
+    """Message passing along the weights between two hidden layers, between transformer blocks: attention
+    cannot tell which units a weight connects, so each unit token receives ``sum_b e_ab * v(x_b)`` over the
+    other layer's tokens ``x_b``, with the weights' features ``e_ab`` from the tokenizer
+    (:func:`~gpt_params.tokenizers.edge_messages`, centred and divided by sqrt(n)), gated by the conditioning
+    as DiT's branches are (adaLN-Zero: the gate starts at zero, so the block starts as the identity)."""
+
+    def __init__(self, width: int, edge_width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.v = nn.Linear(width, 2 * edge_width)
+        self.out = nn.Linear(edge_width, width)
+        self.gate = nn.Sequential(nn.SiLU(), nn.Linear(width, width))
+        nn.init.zeros_(self.gate[1].weight)
+        nn.init.zeros_(self.gate[1].bias)
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, edges: list[tuple[int, int, torch.Tensor]], sizes: list[int]
+    ) -> torch.Tensor:
+        """``x`` (B, T, E) tokens laid out as :meth:`RoleTokenizer.encode`'s, ``c`` (B, E) the conditioning,
+        ``edges`` from :meth:`RoleTokenizer.encode_with_edges`, ``sizes`` the hidden layers' widths."""
+        starts = [sum(sizes[:g]) for g in range(len(sizes))]
+        h = self.v(self.norm(x))  # (B, T, 2W)
+        w = h.shape[-1] // 2
+        msg = [h.new_zeros(h.shape[0], n, w) for n in sizes]  # per hidden layer (B, n_g, W)
+        for ga, gb, e in edges:
+            va = h[:, starts[ga] : starts[ga] + sizes[ga], :w]  # (B, n_a, W)
+            vb = h[:, starts[gb] : starts[gb] + sizes[gb], w:]  # (B, n_b, W)
+            to_a, to_b = edge_messages(e.to(h.dtype), va, vb, "sqrt")
+            msg[ga], msg[gb] = msg[ga] + to_a, msg[gb] + to_b
+        rest = h.new_zeros(h.shape[0], x.shape[1] - sum(sizes), w)  # (B, T_rest, W): no message
+        return x + self.gate(c)[:, None] * self.out(torch.cat([*msg, rest], 1))
+
+
 class ParamDiffusionTransformer(nn.Module):
     """x0-predicting denoiser over flat parameter vectors of one task layout."""
 
@@ -166,7 +210,9 @@ class ParamDiffusionTransformer(nn.Module):
                 raise ValueError(
                     "the 'role' tokenizer serves an architecture family; pass its roles as family="
                 )
-            self.tokenizer = RoleTokenizer(family, e, config.edge_width, messages=config.edge_messages)
+            self.tokenizer = RoleTokenizer(
+                family, e, config.edge_width, messages=config.edge_messages, message_norm=config.message_norm
+            )
             n_skip = len(family)
         elif config.tokenizer in ("neuron", "chunk"):
             if layout is None:
@@ -197,6 +243,11 @@ class ParamDiffusionTransformer(nn.Module):
             )
             self.no_layer = nn.Parameter(torch.zeros(layers, e))
         self.blocks = nn.ModuleList(Block(e, config.heads, config.mlp_ratio) for _ in range(config.depth))
+        self.block_messages = None
+        if config.block_messages and self.family is not None:
+            self.block_messages = nn.ModuleList(
+                EdgeMessages(e, config.edge_width) for _ in range(config.depth)
+            )
         self.norm = nn.LayerNorm(e, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(e, 2 * e))
         nn.init.zeros_(self.final_ada[1].weight)
@@ -235,9 +286,14 @@ class ParamDiffusionTransformer(nn.Module):
                     c = c + emb(t.new_full(t.shape, math.log2(plan.sizes[g]) / 8, dtype=torch.float32))
                 else:
                     c = c + self.no_layer[g]
-        x = self.tokenizer.encode(theta_start, theta_noisy, *member)  # (B, T, E)
-        for block in self.blocks:
-            x = block(x, c)
+        if self.block_messages is None:
+            x = self.tokenizer.encode(theta_start, theta_noisy, *member)  # (B, T, E)
+            for block in self.blocks:
+                x = block(x, c)
+        else:
+            x, edges = self.tokenizer.encode_with_edges(theta_start, theta_noisy, plan)  # (B, T, E), ...
+            for block, messages in zip(self.blocks, self.block_messages, strict=True):
+                x = messages(block(x, c), c, edges, plan.sizes)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
         x = _modulate(self.norm(x), shift, scale)  # (B, T, E)
         noisy_change = theta_noisy - self.sqrt_abar[t.long()][:, None] * theta_start  # (B, D)

@@ -24,6 +24,8 @@ from torch import nn
 
 from gpt_params.layout import ParamLayout, PermGroup, Role, RolePlan
 
+MESSAGE_NORMS = ("mean", "sqrt")  # RoleTokenizer: divide a message summed over n units by n or sqrt(n)
+
 
 def _unit_index(layout: ParamLayout, name: str, axis: int) -> torch.Tensor:
     """Flat indices of tensor ``name`` with ``axis`` moved first: ``(units, features)``."""
@@ -39,6 +41,26 @@ def _chunks(layout: ParamLayout, names: list[str], chunk: int) -> list[torch.Ten
         for start in range(s.start, s.stop, chunk):
             out.append(torch.arange(start, min(start + chunk, s.stop)))
     return out
+
+
+def edge_messages(
+    e: torch.Tensor, va: torch.Tensor, vb: torch.Tensor, norm: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Messages along the weights between two hidden layers: ``e`` (B, n_a, n_b, W) the weights' features,
+    ``va`` (B, n_a, W) and ``vb`` (B, n_b, W) the values each layer's units send. Returns what layer a
+    receives, ``sum_b e_ab * vb_b``, and what layer b receives, ``sum_a e_ab * va_a``, each divided by the
+    number of senders (``norm="mean"``) or, with ``"sqrt"``, the values centred over their layer and the sum
+    divided by its square root: a sum of terms of random sign, like a gradient backpropagated through those
+    weights, at one scale across widths (the layer's common part reaches its units pooled already)."""
+    n_a, n_b = e.shape[1], e.shape[2]
+    if norm == "sqrt":
+        va, vb = va - va.mean(1, keepdim=True), vb - vb.mean(1, keepdim=True)
+        div_a, div_b = math.sqrt(n_b), math.sqrt(n_a)
+    else:
+        div_a, div_b = n_b, n_a
+    to_a = torch.einsum("xabw,xbw->xaw", e, vb) / div_a  # (B, n_a, W)
+    to_b = torch.einsum("xabw,xaw->xbw", e, va) / div_b  # (B, n_b, W)
+    return to_a, to_b
 
 
 class _PerTokenLinear(nn.Module):
@@ -219,8 +241,9 @@ class RoleTokenizer(nn.Module):
 
     The weights between two hidden layers reach each unit's token pooled over the other layer. With
     ``messages`` each unit also receives the other layer's unit tokens weighted by the connecting
-    edges' features, ``mean_b e_ab * v(u_b)``: so a first-layer unit learns what the units it feeds do
-    (in a one-layer member its own output weights say so), not only how strongly it connects."""
+    edges' features, ``sum_b e_ab * v(u_b)`` normalised by ``message_norm``: so a first-layer unit learns what the units it feeds do
+    (in a one-layer member its own output weights say so), not only how strongly it connects. ``message_norm``
+    is :func:`edge_messages`' ``norm``: ``"mean"`` (exports before it) or ``"sqrt"`` (what training picks)."""
 
     def __init__(
         self,
@@ -229,8 +252,12 @@ class RoleTokenizer(nn.Module):
         edge_width: int = 64,
         max_layers: int = 2,
         messages: bool = False,
+        message_norm: str = "mean",
     ) -> None:
         super().__init__()
+        if message_norm not in MESSAGE_NORMS:
+            raise ValueError(f"message_norm {message_norm!r}; expected one of {', '.join(MESSAGE_NORMS)}")
+        self.message_norm = message_norm
         self.spec = dict(spec)
         unit = [n for n, r in spec.items() if r.placement == "unit"]
         edge = [n for n, r in spec.items() if r.placement == "edge"]
@@ -263,6 +290,13 @@ class RoleTokenizer(nn.Module):
 
     def encode(self, theta_start: torch.Tensor, theta_noisy: torch.Tensor, plan: RolePlan) -> torch.Tensor:
         """Tokens ``(B, T, E)``: each hidden layer's units in order, then one token per rest tensor."""
+        return self.encode_with_edges(theta_start, theta_noisy, plan)[0]
+
+    def encode_with_edges(
+        self, theta_start: torch.Tensor, theta_noisy: torch.Tensor, plan: RolePlan
+    ) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]]]:
+        """:meth:`encode`'s tokens and, per edge role, ``(layer a, layer b, features (B, n_a, n_b, W))``
+        of the weights between the two layers (what :class:`~gpt_params.model.EdgeMessages` passes along)."""
         if len(plan.units) > self.max_layers:
             raise ValueError(
                 f"a member with {len(plan.units)} hidden layers; this tokenizer takes {self.max_layers}"
@@ -278,20 +312,21 @@ class RoleTokenizer(nn.Module):
                 tok = tok + self.embed[role](pair(idx))  # (B, n_g, E)
             units.append(tok)
         own = list(units)  # each layer's tokens from its own units' parameters
+        edges = []
         for role, ga, gb, idx in plan.edges:
             first, act, last = self.edge_in[role]
             hidden = act(first(pair(idx)))  # (B, n_a, n_b, W): pooled before the affine last map
+            edges.append((ga, gb, hidden))
             units[ga] = units[ga] + last(hidden.mean(2))
             units[gb] = units[gb] + last(hidden.mean(1))
             if self.messages:
                 va = self.msg_v[role](own[ga])[..., : hidden.shape[-1]]  # (B, n_a, W)
                 vb = self.msg_v[role](own[gb])[..., hidden.shape[-1] :]  # (B, n_b, W)
-                to_a = torch.einsum("xabw,xbw->xaw", hidden, vb) / hidden.shape[2]  # (B, n_a, W)
-                to_b = torch.einsum("xabw,xaw->xbw", hidden, va) / hidden.shape[1]  # (B, n_b, W)
+                to_a, to_b = edge_messages(hidden, va, vb, self.message_norm)  # (B, n_a, W), (B, n_b, W)
                 units[ga] = units[ga] + self.msg_out[role](to_a)
                 units[gb] = units[gb] + self.msg_out[role](to_b)
         rest = [(self.rest_embed[role](pair(idx)) + self.rest_pos[role])[:, None] for role, idx in plan.rest]
-        return torch.cat(units + rest, 1)
+        return torch.cat(units + rest, 1), edges
 
     def decode(
         self, h: torch.Tensor, theta_start: torch.Tensor, theta_noisy: torch.Tensor, plan: RolePlan

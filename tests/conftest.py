@@ -149,14 +149,14 @@ def cifar_jpegs(root: Path, train_glob: str, test_glob: str) -> Path:
     return root
 
 
-def harvest_mixed(path, runs: int, ckpts_per_run: int, cohort_size: int, **kw):
-    """A tiny ``--architectures mixed`` digits-mlp zoo at ``path`` (one-epoch runs of G.pt's recipe,
-    one member per cohort); returns ``path``."""
+def harvest_mixed(path, runs: int, ckpts_per_run: int, cohort_size: int, preset: str = "gpt", **kw):
+    """A tiny ``--architectures mixed`` digits-mlp zoo at ``path`` (one-epoch runs of G.pt's recipe unless
+    ``preset`` says otherwise, one member per cohort); returns ``path``."""
     from gpt_params.harvest import HarvestConfig, harvest
 
     cfg = HarvestConfig(
         task="digits-mlp", runs=runs, ckpts_per_run=ckpts_per_run, cohort_size=cohort_size, epochs=1,
-        preset="gpt", architectures="mixed", out=str(path), **kw,
+        preset=preset, architectures="mixed", out=str(path), **kw,
     )  # fmt: skip
     harvest(cfg)
     return path

@@ -1,5 +1,7 @@
 """Architecture families: one role-shared tokenizer for every member of the MLP families."""
 
+import copy
+
 import pytest
 import torch
 
@@ -17,10 +19,17 @@ def plan_of(task):
     return role_plan(task.layout, task.symmetries, task.roles, task.family)
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["pooled", "messages"])
+@pytest.fixture(
+    scope="module",
+    params=[(False, "mean"), (True, "mean"), (True, "sqrt")],
+    ids=["pooled", "messages", "sqrt"],
+)
 def tokenizer(request):
     torch.manual_seed(0)
-    tok = RoleTokenizer(get_task("mnist-mlp").family, width=32, edge_width=8, messages=request.param)
+    messages, norm = request.param
+    tok = RoleTokenizer(
+        get_task("mnist-mlp").family, width=32, edge_width=8, messages=messages, message_norm=norm
+    )
     for p in tok.parameters():  # the zero-initialised heads too, so decoding is not trivially zero
         torch.nn.init.normal_(p, std=0.05)
     return tok
@@ -56,6 +65,42 @@ def test_edge_messages_tell_first_layer_units_what_the_units_they_feed_do(tokeni
     first = tokenizer.encode(start, noisy, plan)[:, :5]  # (B, 5, E): the first hidden layer's units
     other = tokenizer.encode(other_start, other_noisy, plan)[:, :5]
     assert torch.equal(first, other) != tokenizer.messages
+
+
+def message_to_first_layer(tok: RoleTokenizer, hidden: tuple[int, int], start, noisy) -> torch.Tensor:
+    """What the edge messages add to the first hidden layer's tokens ``(B, n_1, E)``."""
+    plan = plan_of(get_task("mnist-mlp", hidden=hidden))
+    silent = copy.deepcopy(tok)  # values v = 0: no message beyond msg_out's bias
+    for p in silent.msg_v.parameters():
+        torch.nn.init.zeros_(p)
+    return (tok.encode(start, noisy, plan) - silent.encode(start, noisy, plan))[:, : hidden[0]]
+
+
+@pytest.mark.parametrize("norm", ["mean", "sqrt"])
+def test_sqrt_messages_keep_one_scale_across_widths_and_carry_no_common_part(norm):
+    torch.manual_seed(0)
+    tok = RoleTokenizer(
+        get_task("mnist-mlp").family, width=32, edge_width=8, messages=True, message_norm=norm
+    )
+    for p in tok.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    scale = {}
+    for n in (4, 256):
+        numel = get_task("mnist-mlp", hidden=(6, n)).layout.numel
+        start, noisy = torch.randn(2, 8, numel, generator=torch.Generator().manual_seed(n))  # (B, D) each
+        with torch.no_grad():
+            scale[n] = float(message_to_first_layer(tok, (6, n), start, noisy).pow(2).mean().sqrt())
+    ratio = scale[256] / scale[4]  # random-sign sums over n units: sqrt keeps their scale, mean shrinks it
+    assert 0.6 < ratio < 1.7 if norm == "sqrt" else ratio < 0.5  # measured: 1.17 and 0.34
+    task = get_task("mnist-mlp", hidden=(6, 5))
+    start, noisy = torch.randn(2, 2, task.layout.numel, generator=torch.Generator().manual_seed(1))
+    for t in (start, noisy):  # every second-layer unit alike: a centred message has nothing to say
+        for name, axis in (("fc2.weight", 1), ("fc2.bias", 1), ("fc3.weight", 2)):  # the units' axis
+            v = task.layout.unflatten(t)[name]  # (B, *shape), a view into t
+            v.copy_(v.narrow(axis, 0, 1).expand_as(v))
+    with torch.no_grad():
+        silent = message_to_first_layer(tok, (6, 5), start, noisy).abs().max()
+    assert (silent < 1e-5) == (norm == "sqrt")
 
 
 def test_plans_place_every_coordinate_by_role():
@@ -142,10 +187,10 @@ def test_role_normaliser_width_law_follows_a_std_that_scales_with_the_width():
     assert old.exponent is None and set(plain.state()) == {"role_normalizer.mean", "role_normalizer.std"}
 
 
-def random_family_model(size_embedding: bool, std: float = 0.02, edge_messages: bool = False):
+def random_family_model(size_embedding: bool, std: float = 0.02, **fields):
     from gpt_params.model import ParamDiffusionTransformer, preset_config
 
-    cfg = preset_config("tiny", "role", size_embedding=size_embedding, edge_messages=edge_messages)
+    cfg = preset_config("tiny", "role", size_embedding=size_embedding, **fields)
     torch.manual_seed(0)
     model = ParamDiffusionTransformer(None, (), cfg, family=get_task("mnist-mlp").family).eval()
     for p in model.parameters():  # leave the zero init, which returns theta_start for every member
@@ -153,9 +198,19 @@ def random_family_model(size_embedding: bool, std: float = 0.02, edge_messages: 
     return model
 
 
-@pytest.mark.parametrize("size_embedding, edge_messages", [(False, False), (True, False), (True, True)])
-def test_a_family_model_predicts_for_any_member_and_stays_equivariant(size_embedding, edge_messages):
-    model = random_family_model(size_embedding, edge_messages=edge_messages)
+@pytest.mark.parametrize(
+    "size_embedding, fields",
+    [
+        (False, {}),
+        (True, {}),
+        (True, {"edge_messages": True}),
+        (True, {"edge_messages": True, "message_norm": "sqrt"}),
+        (True, {"edge_messages": True, "message_norm": "sqrt", "block_messages": True}),
+    ],
+    ids=["plain", "size", "messages", "sqrt", "block-messages"],
+)
+def test_a_family_model_predicts_for_any_member_and_stays_equivariant(size_embedding, fields):
+    model = random_family_model(size_embedding, **fields)
     g = torch.Generator().manual_seed(0)
     for hidden in [(4,), (17,), (9, 6)]:
         task = get_task("mnist-mlp", hidden=hidden)
@@ -703,6 +758,22 @@ def test_role_errors_reports_every_role_of_a_held_member_and_refuses_one_never_h
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no val-split runs" in res.stderr, (
         res.stderr
     )
+    res = run_script(script, *common, "--hidden", held, "--reruns")  # G.pt's SGD recipe: not retrained
+    assert res.returncode == 2 and "retrains the adam preset's recipe" in res.stderr, res.stderr
+    adam = tmp_path / "adam.h5"
+    harvest_mixed(adam, runs=8, ckpts_per_run=3, cohort_size=4, val_frac=0.5, test_frac=0, preset="adam")
+    z = Zoo(adam)
+    member = next(m for m in range(len(z.members)) if len(z.runs_of_member(m, "val")))
+    held = ",".join(map(str, z.member_options[member]["hidden"]))
+    res = run_script(script, *common[:3], adam, *common[4:], "--hidden", held, "--reruns")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout.splitlines()[-1])
+    assert set(report["rerun_rms"]) == set(report["init_rms"]) and all(
+        v > 0 for v in report["rerun_rms"].values()
+    )
+    assert (
+        len(report["rerun_test_loss"]) == 2 and report["rerun_test_loss"][0] != report["rerun_test_loss"][1]
+    )
 
 
 def test_step_time_reports_each_member_attention_path_edge_width_and_batch():
@@ -742,6 +813,13 @@ def test_step_time_reports_each_member_attention_path_edge_width_and_batch():
     assert res.returncode == 0, res.stderr
     assert [json.loads(line)["edge_messages"] for line in res.stdout.splitlines()] == [False]
     assert rows[0]["edge_messages"] is True
+    res = run_script(script, *tiny, "--hidden", "3", "5,2", "--attention", "explicit", "--mix", "1")
+    assert res.returncode == 0, res.stderr
+    (mix,) = [json.loads(line) for line in res.stdout.splitlines()]
+    assert mix["members"] == [[3], [5, 2]] and set(mix["s_per_step"]) == {
+        "back_to_back", "round_robin", "back_to_back_again"
+    }  # fmt: skip
+    assert mix["round_robin_over_back_to_back"] > 0
     for bad in (["--hidden", "4,4,4"], ["--batch-params", "0"]):
         res = run_script(script, *tiny, *bad)
         assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr

@@ -42,6 +42,7 @@ from gpt_params.normalize import ParamNormalizer, RoleNormalizer
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.pairs import MemberPairStream, PairConfig, PairStream, best_index
 from gpt_params.tasks.base import Task
+from gpt_params.tokenizers import MESSAGE_NORMS
 from gpt_params.zoo_reader import Zoo
 
 
@@ -66,6 +67,16 @@ class TrainConfig:
         True,
         "a mixed zoo's model: each hidden unit's token receives the other hidden layer's tokens weighted by "
         "the connecting weights (--no-edge-messages: the weights pooled alone)",
+    )
+    message_norm: str = opt(
+        "sqrt",
+        "a mixed zoo's model: each edge message, a sum over the other layer's n units, with the values centred "
+        "and divided by sqrt(n) (sqrt: one scale across widths) or divided by n (mean, the ablation)",
+    )
+    block_messages: bool = opt(
+        True,
+        "a mixed zoo's model: after every transformer block, unit tokens exchange messages along the weights "
+        "between the hidden layers (--no-block-messages: only the tokenizer's)",
     )
     balance_roles: bool = opt(
         True,
@@ -315,6 +326,8 @@ def main() -> None:
             f"--output-weight {cfg.output_weight} / --output-probes {cfg.output_probes}; "
             "expected a weight >= 0 and at least 1 probe"
         )
+    if cfg.message_norm not in MESSAGE_NORMS:
+        fail(f"--message-norm {cfg.message_norm!r}; expected {' or '.join(MESSAGE_NORMS)}")
     if not cfg.t_power > 0:
         fail(f"--t-power {cfg.t_power}; expected a positive power (1: uniform timesteps)")
     try:
@@ -328,6 +341,7 @@ def main() -> None:
                 fail(f"--tokenizer {cfg.tokenizer!r}: a mixed zoo's model uses the role tokenizer")
             mcfg.tokenizer = "role"
         mcfg.size_embedding, mcfg.edge_messages = cfg.size_embedding, cfg.edge_messages
+        mcfg.message_norm, mcfg.block_messages = cfg.message_norm, cfg.block_messages
     elif mcfg.tokenizer == "role":
         fail(
             "--tokenizer role serves a mixed zoo (harvest --architectures mixed); this zoo holds one architecture"

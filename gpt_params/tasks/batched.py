@@ -157,10 +157,12 @@ def minibatch_steps(
     max_steps: int,
     batch_size: int = 128,
     seed: int = 0,
+    schedule: str = "constant",
 ) -> Iterator[tuple[int, Callable[[], torch.Tensor]]]:
     """Trains every network in ``theta0`` ``(N, D)`` at once for ``max_steps`` minibatch steps (one
     shared data order), yielding ``(step, flat)`` at step 0 and after each step, where ``flat()`` gives
-    the current parameters ``(N, D)`` (a detached copy, built only when asked for)."""
+    the current parameters ``(N, D)`` (a detached copy, built only when asked for). ``schedule``
+    ``"cosine"`` decays the learning rate to 0 at ``max_steps``, as the harvest's recipes do."""
     if optimizer not in OPTIMIZERS:
         raise GptParamsError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
     params = {k: v.clone().requires_grad_(True) for k, v in task.layout.unflatten(theta0.float()).items()}
@@ -183,6 +185,8 @@ def minibatch_steps(
         loss = F.cross_entropy(logits, y[idx].expand(n, -1), reduction="none").mean(1).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = lr * lr_factor(schedule, step - 1, max_steps)
         opt.step()
         yield step, flat
 
