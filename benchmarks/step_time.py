@@ -216,18 +216,20 @@ def main() -> None:
                 edge_width=ew,
                 size_embedding=True,
                 edge_messages=a.edge_messages,
-                message_norm="sqrt" if a.edge_messages else "mean",
+                message_norm="sqrt",  # the recipe's; without edge messages it has no effect
                 block_messages=a.block_messages,
             )
         except GptParamsError as e:
             raise fail(str(e)) from None
         if a.mix:
             Block.fused_on_cpu = a.attention[0] == "fused"
-            row = mixing_cost(
-                members, cfg, a.mix, a.t_power, a.seed, batch_params=a.batch_params[0],
-                batch_size=a.batch_size, mixed_precision=a.mixed_precision,
-            )  # fmt: skip
-            Block.fused_on_cpu = False
+            try:
+                row = mixing_cost(
+                    members, cfg, a.mix, a.t_power, a.seed, batch_params=a.batch_params[0],
+                    batch_size=a.batch_size, mixed_precision=a.mixed_precision,
+                )  # fmt: skip
+            finally:
+                Block.fused_on_cpu = False
             print(json.dumps({"attention": a.attention[0], "edge_width": ew, **row}), flush=True)
             return
         for bp in a.batch_params:
