@@ -21,6 +21,8 @@
 #     MESSAGE_NORM=mean ...: those messages averaged over the other layer instead of centred and divided by sqrt(n)
 #   BLOCK_MESSAGES=0 ...: messages only in the tokens, not passed again after every transformer block
 #     (train/diffuse.py --no-block-messages; the ablation)
+#   EDGE_RANK=0 ...: the weights between the hidden layers decoded by the additive per-weight head alone, without
+#     the rank-16 bilinear term p(unit a) . q(unit b) (the ablation)
 #   SIZE_EMBEDDING=0 / BALANCE_ROLES=0 / WIDTH_LAW=0 / T_POWER=1 ...: the model not told its members' widths /
 #     plain MSE over all coordinates instead of each tensor role weighing the same / one normalising std per role
 #     instead of a power law of the tensor's fans / uniform diffusion timesteps instead of a density proportional
@@ -47,9 +49,10 @@ BALANCE_ROLES=${BALANCE_ROLES:-1}; ((BALANCE_ROLES)) && BALANCE=--balance-roles 
 WIDTH_LAW=${WIDTH_LAW:-1}; ((WIDTH_LAW)) && LAW=--width-law || LAW=--no-width-law
 BLOCK_MESSAGES=${BLOCK_MESSAGES:-1}; ((BLOCK_MESSAGES)) && BLOCK=--block-messages || BLOCK=--no-block-messages
 MESSAGE_NORM=${MESSAGE_NORM:-sqrt}  # train/diffuse.py --message-norm: an edge message's sum centred, over sqrt(n); or over n
+EDGE_RANK=${EDGE_RANK:-16}  # train/diffuse.py --edge-rank: a bilinear term in the weights-between-layers decoder (0: none)
 PRECISION=${PRECISION:-auto}  # train/diffuse.py --mixed-precision: auto is bf16 where the CPU has AVX-512 / AMX, else fp32
 T_POWER=${T_POWER:-2}  # diffusion timesteps drawn as floor(1000 u^(1/T_POWER)): >1 favours high noise
-TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" "$SIZE" "$MSG" --message-norm "$MESSAGE_NORM" "$BLOCK" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
+TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" "$SIZE" "$MSG" --message-norm "$MESSAGE_NORM" "$BLOCK" --edge-rank "$EDGE_RANK" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
   --mixed-precision "$PRECISION" --output-weight "$OUTPUT_WEIGHT" --output-probes 32 --t-power "$T_POWER")
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift

@@ -107,7 +107,7 @@ def step_time(
         Block.fused_on_cpu = False
     return {
         "hidden": list(hidden), "attention": attention, "edge_width": cfg.edge_width,
-        "edge_messages": cfg.edge_messages, "block_messages": cfg.block_messages,
+        "edge_messages": cfg.edge_messages, "block_messages": cfg.block_messages, "edge_rank": cfg.edge_rank,
         "mixed_precision": mixed_precision, "params": d,
         "batch_params": batch_params, "pairs": b,
         "s_per_step": round(dt, 3), "params_per_s": round(b * d / dt), "pairs_per_s": round(b / dt, 1),
@@ -172,6 +172,12 @@ def main() -> None:
         help="the family recipe's messages after every block too (train/diffuse.py --block-messages)",
     )
     p.add_argument(
+        "--edge-rank",
+        type=int,
+        default=16,
+        help="rank of the bilinear term in the weights-between-layers decoder (train/diffuse.py --edge-rank)",
+    )
+    p.add_argument(
         "--mix",
         type=int,
         default=0,
@@ -218,6 +224,7 @@ def main() -> None:
                 edge_messages=a.edge_messages,
                 message_norm="sqrt",  # the recipe's; without edge messages it has no effect
                 block_messages=a.block_messages,
+                edge_rank=a.edge_rank,
             )
         except GptParamsError as e:
             raise fail(str(e)) from None

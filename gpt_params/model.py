@@ -58,6 +58,11 @@ class ModelConfig:
     # layer's (processed) tokens along the connecting weights (EdgeMessages), so what a unit learns in one
     # block reaches the units wired to it in the next. Off in exports that predate it.
     block_messages: bool = False
+    # role tokenizer: rank K of a bilinear term in the decoder of the weights between two hidden layers,
+    # sum_k p_k(unit a) q_k(unit b), beside the additive head (a weight's update from training is a sum of
+    # products of one unit's backpropagated signal and the other's activation). 0: none, as in exports
+    # that predate it.
+    edge_rank: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +106,10 @@ def preset_config(
     arch.update(fields)
     if arch["message_norm"] not in MESSAGE_NORMS:
         raise GptParamsError(f"message_norm {arch['message_norm']!r}; expected {' or '.join(MESSAGE_NORMS)}")
+    if arch["edge_rank"] < 0:
+        raise GptParamsError(
+            f"edge_rank {arch['edge_rank']}; expected 0 (no bilinear term) or a positive rank"
+        )
     if arch["width"] % arch["heads"]:
         raise GptParamsError(
             f"width {arch['width']} is not divisible by {arch['heads']} heads; choose a width the heads divide"
@@ -211,7 +220,12 @@ class ParamDiffusionTransformer(nn.Module):
                     "the 'role' tokenizer serves an architecture family; pass its roles as family="
                 )
             self.tokenizer = RoleTokenizer(
-                family, e, config.edge_width, messages=config.edge_messages, message_norm=config.message_norm
+                family,
+                e,
+                config.edge_width,
+                messages=config.edge_messages,
+                message_norm=config.message_norm,
+                edge_rank=config.edge_rank,
             )
             n_skip = len(family)
         elif config.tokenizer in ("neuron", "chunk"):

@@ -253,6 +253,7 @@ class RoleTokenizer(nn.Module):
         max_layers: int = 2,
         messages: bool = False,
         message_norm: str = "mean",
+        edge_rank: int = 0,
     ) -> None:
         super().__init__()
         if message_norm not in MESSAGE_NORMS:
@@ -276,6 +277,13 @@ class RoleTokenizer(nn.Module):
         self.edge_b = nn.ModuleDict({n: nn.Linear(width, edge_width) for n in edge})
         self.edge_x = nn.ModuleDict({n: nn.Linear(2 * f[n], edge_width) for n in edge})
         self.edge_out = nn.ModuleDict({n: nn.Linear(edge_width, f[n]) for n in edge})
+        self.edge_rank = edge_rank
+        if edge_rank:  # per edge role: a rank-K bilinear map of the two units' tokens, sum_k p_k(a) q_k(b)
+            self.edge_p = nn.ModuleDict({n: nn.Linear(width, edge_rank * f[n]) for n in edge})
+            self.edge_q = nn.ModuleDict({n: nn.Linear(width, edge_rank * f[n]) for n in edge})
+            for h in self.edge_p.values():  # starts at zero, as the heads do
+                nn.init.zeros_(h.weight)
+                nn.init.zeros_(h.bias)
         self.messages = messages
         if messages:  # per edge role: each side's tokens into edge features, and the messages back out
             self.msg_v = nn.ModuleDict({n: nn.Linear(width, 2 * edge_width) for n in edge})
@@ -346,7 +354,13 @@ class RoleTokenizer(nn.Module):
             x = self.edge_x[role](
                 torch.cat([theta_start[:, idx], theta_noisy[:, idx]], -1)
             )  # (B, n_a, n_b, W)
-            out[:, idx] = self.edge_out[role](torch.nn.functional.gelu(a + b + x)).to(out.dtype)
+            change = self.edge_out[role](torch.nn.functional.gelu(a + b + x))  # (B, n_a, n_b, F)
+            if self.edge_rank:
+                bsz, n_a, n_b, k = a.shape[0], hs[ga].shape[1], hs[gb].shape[1], self.edge_rank
+                p = self.edge_p[role](hs[ga]).view(bsz, n_a, -1, k)  # (B, n_a, F, K)
+                q = self.edge_q[role](hs[gb]).view(bsz, n_b, -1, k)  # (B, n_b, F, K)
+                change = change + torch.einsum("bafk,bcfk->bacf", p, q) / math.sqrt(k)  # (B, n_a, n_b, F)
+            out[:, idx] = change.to(out.dtype)
         for k, (role, idx) in enumerate(plan.rest):
             out[:, idx] = self.rest_head[role](h[:, at + k]).to(out.dtype)
         return out

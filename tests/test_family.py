@@ -103,6 +103,25 @@ def test_sqrt_messages_keep_one_scale_across_widths_and_carry_no_common_part(nor
     assert (silent < 1e-5) == (norm == "sqrt")
 
 
+def test_the_bilinear_edge_term_starts_at_zero_and_adds_a_rank_k_change_between_layers():
+    """``edge_rank`` K adds ``sum_k p_k(a) q_k(b)`` to the weights between the hidden layers: zero at init
+    (the model starts as the identity), and with the additive head silenced the change is of rank K."""
+    task = get_task("mnist-mlp", hidden=(9, 7))
+    plan = plan_of(task)
+    tok = RoleTokenizer(task.family, width=32, edge_width=8, edge_rank=2)
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(3, sum(plan.sizes) + len(plan.rest), 32, generator=g)  # (B, T, E) tokens
+    start, noisy = torch.randn(2, 3, task.layout.numel, generator=g)
+    ((role, _, _, idx),) = plan.edges
+    assert torch.count_nonzero(tok.decode(h, start, noisy, plan)[:, idx]) == 0  # p's zero init
+    with torch.no_grad():
+        torch.nn.init.normal_(tok.edge_p[role].weight, generator=g)
+        for head in (tok.edge_out[role].weight, tok.edge_out[role].bias):
+            head.zero_()
+    change = tok.decode(h, start, noisy, plan)[:, idx][..., 0]  # (B, 9, 7)
+    assert torch.linalg.matrix_rank(change).tolist() == [2, 2, 2]
+
+
 def test_plans_place_every_coordinate_by_role():
     task = get_task("mnist-mlp", hidden=(6, 3))
     plan = plan_of(task)
@@ -206,8 +225,9 @@ def random_family_model(size_embedding: bool, std: float = 0.02, **fields):
         (True, {"edge_messages": True}),
         (True, {"edge_messages": True, "message_norm": "sqrt"}),
         (True, {"edge_messages": True, "message_norm": "sqrt", "block_messages": True}),
+        (True, {"edge_messages": True, "message_norm": "sqrt", "block_messages": True, "edge_rank": 4}),
     ],
-    ids=["plain", "size", "messages", "sqrt", "block-messages"],
+    ids=["plain", "size", "messages", "sqrt", "block-messages", "bilinear"],
 )
 def test_a_family_model_predicts_for_any_member_and_stays_equivariant(size_embedding, fields):
     model = random_family_model(size_embedding, **fields)

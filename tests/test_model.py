@@ -308,6 +308,7 @@ def test_preset_config_overrides_and_errors():
         ({"preset": "tiny", "width": 50, "heads": 4}, "width 50 is not divisible by 4 heads"),
         ({"preset": "tiny", "colour": 1}, "unknown model fields ['colour']"),
         ({"preset": "tiny", "message_norm": "max"}, "message_norm 'max'; expected mean or sqrt"),
+        ({"preset": "tiny", "edge_rank": -2}, "edge_rank -2; expected 0"),
     ]:
         with pytest.raises(GptParamsError, match=re.escape(message)):
             preset_config(**kwargs)

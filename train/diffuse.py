@@ -78,6 +78,11 @@ class TrainConfig:
         "a mixed zoo's model: after every transformer block, unit tokens exchange messages along the weights "
         "between the hidden layers (--no-block-messages: only the tokenizer's)",
     )
+    edge_rank: int = opt(
+        16,
+        "a mixed zoo's model: rank of a bilinear term, sum_k p_k(unit a) q_k(unit b), in the decoder of the "
+        "weights between the hidden layers (0: the additive head alone, the ablation)",
+    )
     balance_roles: bool = opt(
         True,
         "a mixed zoo: weigh each tensor role (first-layer weights, output bias, ...) equally in the loss, "
@@ -328,6 +333,8 @@ def main() -> None:
         )
     if cfg.message_norm not in MESSAGE_NORMS:
         fail(f"--message-norm {cfg.message_norm!r}; expected {' or '.join(MESSAGE_NORMS)}")
+    if cfg.edge_rank < 0:
+        fail(f"--edge-rank {cfg.edge_rank}; expected 0 (the additive head alone) or a positive rank")
     if not cfg.t_power > 0:
         fail(f"--t-power {cfg.t_power}; expected a positive power (1: uniform timesteps)")
     try:
@@ -342,6 +349,7 @@ def main() -> None:
             mcfg.tokenizer = "role"
         mcfg.size_embedding, mcfg.edge_messages = cfg.size_embedding, cfg.edge_messages
         mcfg.message_norm, mcfg.block_messages = cfg.message_norm, cfg.block_messages
+        mcfg.edge_rank = cfg.edge_rank
     elif mcfg.tokenizer == "role":
         fail(
             "--tokenizer role serves a mixed zoo (harvest --architectures mixed); this zoo holds one architecture"
