@@ -109,15 +109,20 @@ def main() -> None:
     p.add_argument("--nets", type=int, default=16, help="fresh inits per member")
     p.add_argument("--prompts", type=int, default=10, help="prompts per net for the alignment R^2")
     p.add_argument("--adam-steps", type=int, default=3000, help="Adam steps at most")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--sampler-steps", type=int, default=5, help="DDIM steps per one-step update")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="the task's data directory (default: its default)")
     p.add_argument("--out", default=None, help="JSON report (default: <model>/family.json)")
     a = p.parse_args()
     members = [(w,) for w in a.widths] + [hidden_or_exit(s) for s in a.shapes]
-    if not members or a.nets < 1 or a.prompts < 2:
+    if not members or a.nets < 1 or a.prompts < 2 or a.sampler_steps < 1:
         raise fail(
-            f"need members, --nets >= 1 and --prompts >= 2 (got {len(members)}, {a.nets}, {a.prompts})"
+            "need members, --nets >= 1, --prompts >= 2 and --sampler-steps >= 1 "
+            f"(got {len(members)}, {a.nets}, {a.prompts}, {a.sampler_steps})"
         )
+    if a.guidance is not None and not math.isfinite(a.guidance):
+        raise fail(f"--guidance must be a finite number, got {a.guidance}")
     opts = {} if a.data_dir is None else {"data_dir": a.data_dir}
     try:
         fam = LearnedOptimizer.from_pretrained(a.model, **opts)
@@ -129,16 +134,23 @@ def main() -> None:
     except GptParamsError as e:
         raise fail(str(e)) from None
     cfg = BaselineConfig(nets=a.nets, adam_steps=a.adam_steps, seed=a.seed)
+    guidance = fam.default_guidance if a.guidance is None else a.guidance  # the specialist keeps its own
+
+    def scored(opt: LearnedOptimizer, theta0: torch.Tensor):
+        return one_step_vs_gradient(opt.task.label, opt, theta0, cfg, a.prompts, a.sampler_steps)
+
     rows, t0 = [], time.perf_counter()
     for hidden, task in zip(members, tasks, strict=True):
         in_zoo = None if held is None else task.options in held
         theta0 = task.unseen_inits(a.nets)  # (N, D): seeds no harvest uses
-        r = one_step_vs_gradient(task.label, LearnedOptimizer(fam.exported, task), theta0, cfg, a.prompts)
+        member = LearnedOptimizer(fam.exported, task)
+        member.default_guidance = guidance
+        r = scored(member, theta0)
         rows.append(row(task.label, "family", hidden, in_zoo, r))
         print(json.dumps(rows[-1]), flush=True)
         if spec is not None and spec.task.layout.names == task.layout.names:
             zero = LearnedOptimizer(transplant(spec, task), task)
-            r = one_step_vs_gradient(task.label, zero, theta0, cfg, a.prompts)
+            r = scored(zero, theta0)
             rows.append(row(task.label, f"zero-shot {a.specialist}", hidden, None, r))
             print(json.dumps(rows[-1]), flush=True)
     report = {
@@ -148,6 +160,8 @@ def main() -> None:
         "date": utc_now(),
         "seconds": time.perf_counter() - t0,
         "protocol": f"{a.nets} fresh inits per member, Adam lr {cfg.adam_lr} batch 128 up to {a.adam_steps} steps",
+        "guidance": guidance,
+        "sampler_steps": a.sampler_steps,
         "rows": rows,
     }
     out = Path(a.out or Path(a.model) / "family.json")

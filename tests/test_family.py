@@ -666,6 +666,19 @@ def test_family_eval_scores_each_member_beside_a_zero_shot_specialist(family_exp
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "digits-mlp family" in bad.stderr, (
         bad.stderr
     )
+    for flag, value, message in [
+        ("--guidance", "nan", "--guidance"),
+        ("--sampler-steps", "0", "--sampler-steps"),
+    ]:
+        bad = run_script(path, "--model", family_export[0], flag, value, "--out", out)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
+    res = run_script(
+        path, "--model", family_export[0], "--widths", "5", "--shapes", "--nets", "2", "--prompts", "2",
+        "--adam-steps", "5", "--guidance", "2.5", "--sampler-steps", "2", "--out", tmp_path / "g.json",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert (report["guidance"], report["sampler_steps"]) == (2.5, 2) and len(report["rows"]) == 1
 
     # at the specialist's own width the transplant keeps weights and normaliser: the same samples
     # (with the clamp off: a per-coordinate clamp becomes its per-tensor envelope)
