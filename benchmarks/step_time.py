@@ -7,8 +7,8 @@ For each member, attention path, edge width and batch size in parameters: a ``--
 (``--width``/``--depth`` overrides as ``train/diffuse.py`` takes them) on the ``mnist-mlp`` family, one
 optimiser step as ``train/diffuse.py`` takes it (bf16 autocast, role-balanced loss, ``--t-power``
 timesteps; random pairs, no function-space term) on a batch of
-``min(batch_size, max(16, batch_params // D))`` pairs, as ``train/diffuse.py --batch-size/--batch-params``
-size it, with the family recipe's edge messages in the tokens and after every block
+``min(batch_size, max(16, min(batch_params // D, batch_units // units)))`` pairs, as ``train/diffuse.py
+--batch-size/--batch-params/--batch-units`` size it, with the family recipe's edge messages in the tokens and after every block
 (``--no-edge-messages`` / ``--no-block-messages``: without). ``explicit`` is the
 model's CPU attention (timm's q @ k^T path), ``fused`` forces PyTorch's fused
 scaled-dot-product attention. Prints one JSON line per case: seconds per step (mean of ``--steps`` after
@@ -36,6 +36,7 @@ from gpt_params.diffusion import DiffusionConfig, diffusion_loss, role_balance, 
 from gpt_params.errors import GptParamsError
 from gpt_params.layout import role_plan
 from gpt_params.model import PRESETS, Block, ModelConfig, ParamDiffusionTransformer, preset_config
+from gpt_params.pairs import pairs_per_batch
 from gpt_params.scripting import fail, hidden_or_exit
 from gpt_params.tasks import get_task
 
@@ -51,13 +52,14 @@ def step_fn(
     batch_params: int = BATCH_PARAMS,
     batch_size: int = 256,
     mixed_precision: str = "bf16",
+    batch_units: int = 0,
 ) -> tuple[Callable[[], None], int, int]:
     """One optimiser step of ``model`` on a random batch of member ``hidden``, as ``train/diffuse.py`` takes
     it; returns the step, the pairs per batch and the member's parameters."""
     task = get_task("mnist-mlp", hidden=hidden)
     plan = role_plan(task.layout, task.symmetries, task.roles, task.family)
     d = task.layout.numel
-    b = min(batch_size, max(16, batch_params // d))
+    b = pairs_per_batch(d, sum(hidden), batch_size, batch_params, batch_units)
     g = torch.Generator().manual_seed(seed)
     start, future = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)  # (B, D)
     metric, prompt = torch.randn(b, generator=g), torch.randn(b, generator=g)  # (B,)
@@ -92,9 +94,10 @@ def step_time(
     batch_params: int = BATCH_PARAMS,
     batch_size: int = 256,
     mixed_precision: str = "bf16",
+    batch_units: int = 0,
 ) -> dict:
     one_step, b, d = step_fn(
-        *new_model(cfg, seed), hidden, t_power, seed, batch_params, batch_size, mixed_precision
+        *new_model(cfg, seed), hidden, t_power, seed, batch_params, batch_size, mixed_precision, batch_units
     )
     Block.fused_on_cpu = attention == "fused"
     try:
@@ -109,7 +112,7 @@ def step_time(
         "hidden": list(hidden), "attention": attention, "edge_width": cfg.edge_width,
         "edge_messages": cfg.edge_messages, "block_messages": cfg.block_messages, "edge_rank": cfg.edge_rank,
         "mixed_precision": mixed_precision, "params": d,
-        "batch_params": batch_params, "pairs": b,
+        "batch_params": batch_params, "batch_units": batch_units, "pairs": b,
         "s_per_step": round(dt, 3), "params_per_s": round(b * d / dt), "pairs_per_s": round(b / dt, 1),
     }  # fmt: skip
 
@@ -152,6 +155,12 @@ def main() -> None:
     p.add_argument("--batch-params", type=int, nargs="+", default=[BATCH_PARAMS])
     p.add_argument(
         "--batch-size", type=int, default=256, help="most pairs per batch (train/diffuse.py's default)"
+    )
+    p.add_argument(
+        "--batch-units",
+        type=int,
+        default=0,
+        help="most pairs x hidden units per batch (train/diffuse.py --batch-units; 0: no cap)",
     )
     p.add_argument(
         "--edge-messages",
@@ -205,12 +214,14 @@ def main() -> None:
         or a.depth < 0
         or min(a.batch_params) < 1
         or a.batch_size < 1
+        or a.batch_units < 0
         or a.mix < 0
     ):
         raise fail(
             f"--steps {a.steps} / --edge-width {a.edge_width} / --width {a.width} / --depth {a.depth} / "
-            f"--batch-params {a.batch_params} / --batch-size {a.batch_size} / --mix {a.mix}: expected at least "
-            "one step, non-negative sizes and rounds and positive batch sizes"
+            f"--batch-params {a.batch_params} / --batch-size {a.batch_size} / --batch-units {a.batch_units} / "
+            f"--mix {a.mix}: expected at least one step, non-negative sizes, rounds and unit caps and positive "
+            "batch sizes"
         )
     for ew in a.edge_width:
         try:
@@ -233,7 +244,7 @@ def main() -> None:
             try:
                 row = mixing_cost(
                     members, cfg, a.mix, a.t_power, a.seed, batch_params=a.batch_params[0],
-                    batch_size=a.batch_size, mixed_precision=a.mixed_precision,
+                    batch_size=a.batch_size, mixed_precision=a.mixed_precision, batch_units=a.batch_units,
                 )  # fmt: skip
             finally:
                 Block.fused_on_cpu = False
@@ -252,6 +263,7 @@ def main() -> None:
                         bp,
                         a.batch_size,
                         a.mixed_precision,
+                        a.batch_units,
                     )
                     print(json.dumps(row), flush=True)
 

@@ -192,6 +192,20 @@ class PairStream(IterableDataset):
             step += 1
 
 
+def pairs_per_batch(
+    numel: int, units: int, batch_size: int, batch_params: int = 0, batch_units: int = 0, min_batch: int = 16
+) -> int:
+    """Pairs in a batch of a member with ``numel`` parameters and ``units`` hidden units: ``batch_size``,
+    fewer where pairs x ``numel`` would pass ``batch_params`` or pairs x ``units`` pass ``batch_units``
+    (0: no cap), never fewer than ``min_batch``."""
+    fit = batch_size
+    if batch_params:
+        fit = min(fit, batch_params // numel)
+    if batch_units:
+        fit = min(fit, batch_units // max(units, 1))
+    return min(batch_size, max(min_batch, fit))
+
+
 class MemberPairStream(IterableDataset):
     """Batches of a mixed-architecture zoo, each from one family member (so one shape): step ``s``
     draws a member with probability proportional to its train runs, reads ``runs_per_step`` of its
@@ -200,8 +214,11 @@ class MemberPairStream(IterableDataset):
     ``(seed, s)``, so a resumed training sees the stream an uninterrupted one would.
 
     ``batch_params`` caps a batch's pairs times its member's parameter count (``0``: no cap), so a
-    784-256-256-10 member gets fewer pairs than a 784-4-10 one and no step outgrows memory: member
-    ``m`` gets ``min(batch_size, max(min_batch, batch_params // D_m))`` pairs (:meth:`batch_of`)."""
+    784-256-256-10 member gets fewer pairs than a 784-4-10 one and no step outgrows memory;
+    ``batch_units`` likewise caps pairs times the member's hidden units, the tokens a step's cost follows
+    (a 784-4-174-10 member has few parameters but 178 tokens a pair). Member ``m`` gets
+    ``min(batch_size, max(min_batch, min(batch_params // D_m, batch_units // U_m)))`` pairs
+    (:meth:`batch_of`; a cap of 0 is none)."""
 
     def __init__(
         self,
@@ -218,6 +235,7 @@ class MemberPairStream(IterableDataset):
         runs_per_step: int = 8,
         batch_params: int = 0,
         min_batch: int = 16,
+        batch_units: int = 0,
     ) -> None:
         self.members = np.array(sorted(m for m, r in rows_by_member.items() if len(r)))
         if len(self.members) == 0:
@@ -228,14 +246,20 @@ class MemberPairStream(IterableDataset):
         self.zoo_path, self.batch_size, self.cfg, self.task = zoo_path, batch_size, cfg, task
         self.normalizers, self.layouts, self.groups = normalizers, layouts, groups
         self.seed, self.start_step, self.runs_per_step = seed, start_step, runs_per_step
-        self.batch_params, self.min_batch = batch_params, min_batch
+        self.batch_params, self.min_batch, self.batch_units = batch_params, min_batch, batch_units
 
     def batch_of(self, member: int) -> int:
-        """Pairs in a batch of ``member``: ``batch_size``, fewer for a member too large for ``batch_params``."""
-        if not self.batch_params:
-            return self.batch_size
-        fit = self.batch_params // self.layouts[member].numel
-        return min(self.batch_size, max(self.min_batch, fit))
+        """Pairs in a batch of ``member``: ``batch_size``, fewer for a member too large for ``batch_params``
+        or with too many hidden units for ``batch_units``."""
+        units = sum(g.size for g in self.groups[member])
+        return pairs_per_batch(
+            self.layouts[member].numel,
+            units,
+            self.batch_size,
+            self.batch_params,
+            self.batch_units,
+            self.min_batch,
+        )
 
     @cached_property
     def _task(self):

@@ -420,6 +420,17 @@ def test_member_pairs_come_from_one_member_per_batch_and_resume_exactly(tmp_path
     for b in itertools.islice(iter(capped), 12):
         assert len(b["theta_start"]) == capped.batch_of(int(b["member"]))
 
+    # a hidden-unit budget gives members with more units fewer pairs; the tighter cap wins
+    units = {m: sum(g.size for g in t.symmetries) for m, t in tasks.items()}
+    few, many = min(units, key=units.get), max(units, key=units.get)
+    assert units[few] < units[many]
+    by_units = stream(0, batch_units=4 * units[many], min_batch=1)
+    assert by_units.batch_of(many) == 4 and by_units.batch_of(few) == min(5, 4 * units[many] // units[few])
+    both = stream(0, batch_units=4 * units[many], batch_params=3 * sizes[many], min_batch=1)
+    assert both.batch_of(many) == 3
+    for b in itertools.islice(iter(by_units), 12):
+        assert len(b["theta_start"]) == by_units.batch_of(int(b["member"]))
+
 
 @pytest.fixture(scope="module")
 def family_export(tmp_path_factory):

@@ -105,6 +105,12 @@ class TrainConfig:
         "a mixed zoo: most pairs x member parameters per batch, so wide members get fewer pairs (at least "
         "16), shorter steps and more of them; 0 = always --batch-size",
     )
+    batch_units: int = opt(
+        4096,
+        "a mixed zoo: most pairs x member hidden units (its tokens) per batch, so members with many units and "
+        "few parameters (784-4-174-10: 23 pairs, not 256) get shorter steps and more of them (at least 16 "
+        "pairs); 0 = no cap",
+    )
     max_steps: int = opt(20_000, "optimizer steps")
     max_minutes: float = opt(
         0.0, "wall-time budget: the cosine decay ends and training stops (and exports) there; 0 = none"
@@ -451,7 +457,7 @@ def main() -> None:
             {m: norm for m, (_, norm) in members.items()},
             {m: t.layout for m, (t, _) in members.items()}, {m: t.symmetries for m, (t, _) in members.items()},
             zoo.task, seed=cfg.seed * 1000 + acc.process_index, start_step=step * cfg.grad_accum,
-            batch_params=cfg.batch_params,
+            batch_params=cfg.batch_params, batch_units=cfg.batch_units,
         )  # fmt: skip
     else:
         stream = PairStream(
@@ -471,7 +477,8 @@ def main() -> None:
             save_export(out, ema.module, normalizer, clamp, dcfg, meta)
 
     # -- loop: one optimiser step per batch of pairs; EMA, logs, validation, checkpoints ---------------
-    t_data, t_total, seen, seen_params = 0.0, 0.0, 0, 0
+    t_data, t_total, seen, seen_params, seen_units = 0.0, 0.0, 0, 0, 0
+    units = sum(g.size for g in task.symmetries)  # hidden units (tokens) of a pair; a mixed zoo: per member
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not acc.is_main_process)
     it = iter(loader)
     gen = torch.Generator()
@@ -504,6 +511,7 @@ def main() -> None:
         t_total += time.perf_counter() - t0
         seen += batch["theta_start"].shape[0]
         seen_params += batch["theta_start"].numel()
+        seen_units += batch["theta_start"].shape[0] * (sum(plans[member].sizes) if plans else units)
         if not acc.sync_gradients:
             continue
         ema.update_parameters(acc.unwrap_model(model))
@@ -546,6 +554,8 @@ def main() -> None:
         "data_frac": t_data / max(t_total, 1e-9),
         "samples_per_s": seen / max(t_total, 1e-9),  # training pairs
         "params_per_s": seen_params / max(t_total, 1e-9),  # their parameters (pairs x D, mixed zoos: summed)
+        "units_per_s": seen_units
+        / max(t_total, 1e-9),  # their hidden units, the tokens a step's cost follows
     }
     export()
     acc.end_training()
