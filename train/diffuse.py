@@ -343,6 +343,10 @@ def main() -> None:
         fail(f"--edge-rank {cfg.edge_rank}; expected 0 (the additive head alone) or a positive rank")
     if not cfg.t_power > 0:
         fail(f"--t-power {cfg.t_power}; expected a positive power (1: uniform timesteps)")
+    if cfg.batch_params < 0 or cfg.batch_units < 0:
+        fail(
+            f"--batch-params {cfg.batch_params} / --batch-units {cfg.batch_units}; expected caps >= 0 (0: no cap)"
+        )
     try:
         zoo = Zoo(cfg.zoo)
     except GptParamsError as e:
