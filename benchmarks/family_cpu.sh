@@ -17,6 +17,8 @@
 #     a worse model on every member measured
 #   BATCH_UNITS=0 ...: no cap of 4,096 on a batch's pairs x hidden units (train/diffuse.py --batch-units), so members
 #     with many units and few parameters (784-4-174-10: 256 pairs, 4.5 s a step, instead of 23) take their full batch
+#   MEMBER_POWER=0.5 ...: members drawn in proportion to their runs times their hidden units^-0.5, not to runs
+#     alone, so narrow one-layer members (cheap steps, the worst one-step results) are trained more often
 #   BATCH_SIZE=1024 ...: at most 1,024 pairs per batch instead of 256 (members narrower than about 8 get more)
 #   EDGE_MESSAGES=0 ...: two-layer members' unit tokens get the weights between the layers pooled alone, not
 #     the other layer's tokens weighted by them (train/diffuse.py --no-edge-messages; the ablation);
@@ -46,6 +48,7 @@ EDGE_WIDTH=${EDGE_WIDTH:-16}  # per-weight features between the two hidden layer
 BATCH_PARAMS=${BATCH_PARAMS:-2097152}  # most pairs x member parameters per batch (train/diffuse.py --batch-params)
 BATCH_SIZE=${BATCH_SIZE:-256}  # most pairs per batch (train/diffuse.py --batch-size)
 BATCH_UNITS=${BATCH_UNITS:-4096}  # most pairs x hidden units per batch (train/diffuse.py --batch-units; 0: no cap)
+MEMBER_POWER=${MEMBER_POWER:-0}  # members drawn by runs x hidden units^-MEMBER_POWER (train/diffuse.py --member-power)
 SIZE_EMBEDDING=${SIZE_EMBEDDING:-1}; ((SIZE_EMBEDDING)) && SIZE=--size-embedding || SIZE=--no-size-embedding
 EDGE_MESSAGES=${EDGE_MESSAGES:-1}; ((EDGE_MESSAGES)) && MSG=--edge-messages || MSG=--no-edge-messages
 BALANCE_ROLES=${BALANCE_ROLES:-1}; ((BALANCE_ROLES)) && BALANCE=--balance-roles || BALANCE=--no-balance-roles
@@ -55,7 +58,7 @@ MESSAGE_NORM=${MESSAGE_NORM:-sqrt}  # train/diffuse.py --message-norm: an edge m
 EDGE_RANK=${EDGE_RANK:-16}  # train/diffuse.py --edge-rank: a bilinear term in the weights-between-layers decoder (0: none)
 PRECISION=${PRECISION:-auto}  # train/diffuse.py --mixed-precision: auto is bf16 where the CPU has AVX-512 / AMX, else fp32
 T_POWER=${T_POWER:-2}  # diffusion timesteps drawn as floor(1000 u^(1/T_POWER)): >1 favours high noise
-TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" --batch-units "$BATCH_UNITS" "$SIZE" "$MSG" --message-norm "$MESSAGE_NORM" "$BLOCK" --edge-rank "$EDGE_RANK" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
+TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" --batch-units "$BATCH_UNITS" --member-power "$MEMBER_POWER" "$SIZE" "$MSG" --message-norm "$MESSAGE_NORM" "$BLOCK" --edge-rank "$EDGE_RANK" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
   --mixed-precision "$PRECISION" --output-weight "$OUTPUT_WEIGHT" --output-probes 32 --t-power "$T_POWER")
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift

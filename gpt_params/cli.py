@@ -318,6 +318,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         net = task.to_module(opt.vectors(state, hidden=task.options.get("hidden") if opt.family else None)[0])
     else:
         net = task.build(args.seed)
+    if opt.family:  # bound to the member: its own best prompt and prompt clamp
+        opt = LearnedOptimizer(opt.exported, task)
     target = opt.best_prompt if args.target is None else args.target
     before = float(opt.measure(net)[0])
     t0 = time.perf_counter()

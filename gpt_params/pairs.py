@@ -208,7 +208,9 @@ def pairs_per_batch(
 
 class MemberPairStream(IterableDataset):
     """Batches of a mixed-architecture zoo, each from one family member (so one shape): step ``s``
-    draws a member with probability proportional to its train runs, reads ``runs_per_step`` of its
+    draws a member with probability proportional to its train runs (times its hidden units to the power
+    ``-member_power``: 0 keeps draws proportional to runs, 0.5 gives a 784-4-10 member 8 times the draws per run
+    of a 784-256-10 one, whose steps cost several times as much), reads ``runs_per_step`` of its
     runs and draws the pairs from them as :class:`PairStream` does. Yields what :class:`PairStream`
     yields plus ``member`` (the zoo's member index). Everything a step draws is a function of
     ``(seed, s)``, so a resumed training sees the stream an uninterrupted one would.
@@ -236,13 +238,16 @@ class MemberPairStream(IterableDataset):
         batch_params: int = 0,
         min_batch: int = 16,
         batch_units: int = 0,
+        member_power: float = 0.0,
     ) -> None:
         self.members = np.array(sorted(m for m, r in rows_by_member.items() if len(r)))
         if len(self.members) == 0:
             raise ValueError("no runs to draw training pairs from")
         self.rows = {int(m): np.asarray(rows_by_member[m]) for m in self.members}
+        units = np.array([sum(g.size for g in groups[int(m)]) for m in self.members], dtype=np.float64)
         weight = np.array([len(self.rows[int(m)]) for m in self.members], dtype=np.float64)
-        self.p = weight / weight.sum()
+        weight *= np.maximum(units, 1.0) ** -member_power
+        self.p = weight / weight.sum()  # (members,) each step's member draw
         self.zoo_path, self.batch_size, self.cfg, self.task = zoo_path, batch_size, cfg, task
         self.normalizers, self.layouts, self.groups = normalizers, layouts, groups
         self.seed, self.start_step, self.runs_per_step = seed, start_step, runs_per_step

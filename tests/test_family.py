@@ -431,6 +431,15 @@ def test_member_pairs_come_from_one_member_per_batch_and_resume_exactly(tmp_path
     for b in itertools.islice(iter(by_units), 12):
         assert len(b["theta_start"]) == by_units.batch_of(int(b["member"]))
 
+    # member_power: draws per run fall with a member's hidden units as units^-power
+    runs = {m: len(zoo.runs_of_member(m, "train")) for m in tasks}
+    plain, tilted = stream(0), stream(0, member_power=1.0)
+    per_run = {
+        m: (tilted.p[i] / runs[m], plain.p[i] / runs[m]) for i, m in enumerate(int(m) for m in tilted.members)
+    }
+    np.testing.assert_allclose(per_run[few][1], per_run[many][1])
+    np.testing.assert_allclose(per_run[few][0] / per_run[many][0], units[many] / units[few])
+
 
 @pytest.fixture(scope="module")
 def family_export(tmp_path_factory):
@@ -565,7 +574,9 @@ def test_cli_optimize_takes_a_member_by_hidden_or_by_its_init(family_export, tmp
     model = str(family_export[0])
     out = tmp_path / "net.safetensors"
     assert main(["optimize", "--model", model, "--hidden", "6,4", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.startswith("digits-mlp hidden=[6,4]: val_loss ")
+    printed = capsys.readouterr().out
+    assert printed.startswith("digits-mlp hidden=[6,4]: val_loss ")
+    assert "(prompt 0.4)" in printed  # the two-layer member's own best prompt, not the default member's 0.5
     assert load_file(out)["fc2.weight"].shape == (4, 6)
     assert main(["optimize", "--model", model, "--init", str(out)]) == 0  # the member read off the file
     assert capsys.readouterr().out.startswith("digits-mlp hidden=[6,4]: val_loss ")

@@ -17,6 +17,7 @@ from .conftest import CIFAR_ARCHIVE, tiny_export
 
 EXPECTED = (
     "cartpole-return", "cifar10-cnn-loss", "digits-mlp-loss", "mnist-cnn-loss", "mnist-mlp-error", "mnist-mlp-loss",
+    "mnist-mlp-family-loss",
 )  # fmt: skip
 MiB = 2**20
 
@@ -77,6 +78,26 @@ def test_shipped_model_reaches_its_documented_one_step_result(name):
     start = np.median(opt.task.evaluate(theta0, splits=("test",))[metric])
     achieved = np.median(opt.task.evaluate(new, splits=("test",))[metric])
     assert achieved <= limit, f"{name}: median {metric} {achieved:.4f} from {start:.4f}; limit {limit}"
+
+
+# mnist-mlp-family-loss on three members its zoo never held, the demo protocol with 32 nets and each member's own
+# best prompt (2026-12-03, 2 CPU cores; medians over sampler seeds 0-4 / one-step sampler / guidance 2 / prompt 1.5):
+#   784-10-10     0.664-0.707   0.878   0.702   1.62    limit 0.75
+#   784-64-10     0.340-0.351   0.362   0.400   1.55    limit 0.356
+#   784-64-64-10  0.379-0.382   0.447   0.411   1.69    limit 0.40
+FAMILY_STEP = {(10,): 0.75, (64,): 0.356, (64, 64): 0.40}
+
+
+@pytest.mark.parametrize("hidden", sorted(FAMILY_STEP))
+def test_shipped_family_model_improves_members_no_zoo_held(hidden):
+    family = LearnedOptimizer.from_pretrained("mnist-mlp-family-loss")
+    assert family.family and family.exported.meta["task"] == "mnist-mlp"
+    opt = LearnedOptimizer(family.exported, family.task.member(hidden))
+    theta0, new = demo_step(opt, 32)
+    assert_inside_the_zoo_range(opt, new)
+    start = np.median(opt.task.evaluate(theta0, splits=("test",))["test_loss"])
+    achieved = np.median(opt.task.evaluate(new, splits=("test",))["test_loss"])
+    assert achieved <= FAMILY_STEP[hidden], f"{hidden}: median test loss {achieved:.4f} from {start:.4f}"
 
 
 @pytest.mark.slow

@@ -156,6 +156,7 @@ def test_bad_pair_option_is_a_one_line_error(zoo, tmp_path):
         (["--message-norm", "max"], "--message-norm 'max'; expected mean or sqrt"),
         (["--edge-rank", "-1"], "--edge-rank -1; expected 0"),
         (["--batch-units", "-1"], "--batch-units -1; expected caps >= 0"),
+        (["--member-power", "nan"], "--member-power nan; expected a finite power"),
         (["--mixed-precision", "fp8"], "--mixed-precision 'fp8'; expected no, fp16, bf16 or auto"),
         (
             ["--output-weight", "1", "--output-probes", "100000"],

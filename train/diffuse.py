@@ -116,6 +116,11 @@ class TrainConfig:
         "few parameters (784-4-174-10: 23 pairs, not 256) get shorter steps and more of them (at least 16 "
         "pairs); 0 = no cap",
     )
+    member_power: float = opt(
+        0.0,
+        "a mixed zoo: members drawn in proportion to their train runs times their hidden units to the power "
+        "-MEMBER_POWER, so > 0 trains narrow (cheap) members more often; 0 = in proportion to runs",
+    )
     max_steps: int = opt(20_000, "optimizer steps")
     max_minutes: float = opt(
         0.0, "wall-time budget: the cosine decay ends and training stops (and exports) there; 0 = none"
@@ -348,6 +353,8 @@ def main() -> None:
         fail(f"--edge-rank {cfg.edge_rank}; expected 0 (the additive head alone) or a positive rank")
     if not cfg.t_power > 0:
         fail(f"--t-power {cfg.t_power}; expected a positive power (1: uniform timesteps)")
+    if not math.isfinite(cfg.member_power):
+        fail(f"--member-power {cfg.member_power}; expected a finite power (0: members drawn by their runs)")
     if cfg.batch_params < 0 or cfg.batch_units < 0:
         fail(
             f"--batch-params {cfg.batch_params} / --batch-units {cfg.batch_units}; expected caps >= 0 (0: no cap)"
@@ -466,7 +473,7 @@ def main() -> None:
             {m: norm for m, (_, norm) in members.items()},
             {m: t.layout for m, (t, _) in members.items()}, {m: t.symmetries for m, (t, _) in members.items()},
             zoo.task, seed=cfg.seed * 1000 + acc.process_index, start_step=step * cfg.grad_accum,
-            batch_params=cfg.batch_params, batch_units=cfg.batch_units,
+            batch_params=cfg.batch_params, batch_units=cfg.batch_units, member_power=cfg.member_power,
         )  # fmt: skip
     else:
         stream = PairStream(
