@@ -244,9 +244,10 @@ class MemberPairStream(IterableDataset):
         if len(self.members) == 0:
             raise ValueError("no runs to draw training pairs from")
         self.rows = {int(m): np.asarray(rows_by_member[m]) for m in self.members}
-        units = np.array([sum(g.size for g in groups[int(m)]) for m in self.members], dtype=np.float64)
+        # each member's hidden units, the tokens a pair of it makes
+        self.units = {int(m): sum(g.size for g in groups[int(m)]) for m in self.members}
         weight = np.array([len(self.rows[int(m)]) for m in self.members], dtype=np.float64)
-        weight *= np.maximum(units, 1.0) ** -member_power
+        weight *= np.maximum([self.units[int(m)] for m in self.members], 1.0) ** -member_power
         self.p = weight / weight.sum()  # (members,) each step's member draw
         self.zoo_path, self.batch_size, self.cfg, self.task = zoo_path, batch_size, cfg, task
         self.normalizers, self.layouts, self.groups = normalizers, layouts, groups
@@ -256,10 +257,9 @@ class MemberPairStream(IterableDataset):
     def batch_of(self, member: int) -> int:
         """Pairs in a batch of ``member``: ``batch_size``, fewer for a member too large for ``batch_params``
         or with too many hidden units for ``batch_units``."""
-        units = sum(g.size for g in self.groups[member])
         return pairs_per_batch(
             self.layouts[member].numel,
-            units,
+            self.units[member],
             self.batch_size,
             self.batch_params,
             self.batch_units,

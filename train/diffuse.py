@@ -570,8 +570,8 @@ def main() -> None:
         "data_frac": t_data / max(t_total, 1e-9),
         "samples_per_s": seen / max(t_total, 1e-9),  # training pairs
         "params_per_s": seen_params / max(t_total, 1e-9),  # their parameters (pairs x D, mixed zoos: summed)
-        "units_per_s": seen_units
-        / max(t_total, 1e-9),  # their hidden units, the tokens a step's cost follows
+        # their hidden units, the tokens a step's cost follows
+        "units_per_s": seen_units / max(t_total, 1e-9),
     }
     export()
     acc.end_training()
