@@ -387,6 +387,14 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="how one of those candidates is kept when a call names none (default: keep the source's, else best)",
     )
+    p.add_argument(
+        "--demo-members",
+        nargs="+",
+        default=None,
+        metavar="H",
+        help="a family model's members `gpt-params demo` shows it on, hidden widths each, e.g. 10 64,32 "
+        f"(default: keep the source's, else {' '.join(','.join(map(str, h)) for h in DEMO_MEMBERS)})",
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -394,6 +402,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from gpt_params.export import WEIGHTS, convert_export
+    from gpt_params.tasks.supervised import parse_hidden
 
     if Path(args.out).resolve() == Path(args.run).resolve():
         raise GptParamsError(f"--out {args.out!r} is the source export; choose another directory")
@@ -404,6 +413,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.default_guidance,
         args.default_samples,
         args.default_combine,
+        None if args.demo_members is None else [parse_hidden(h, "--demo-members") for h in args.demo_members],
     )
     size = (out / WEIGHTS).stat().st_size / 2**20
     print(f"{out}: {args.dtype} weights, {size:.1f} MiB")

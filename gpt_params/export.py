@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,14 +285,26 @@ def convert_export(
     default_guidance: float | None = None,
     default_samples: int | None = None,
     default_combine: str | None = None,
+    demo_members: Sequence[Sequence[int]] | None = None,
 ) -> Path:
     """Copy the export ``src`` to ``dst`` with its learned weights stored as ``weights_dtype``
     (how shipped models are made: ``gpt-params export runs/X --out gpt_params/pretrained/NAME``).
     ``default_guidance`` sets the classifier-free guidance scale the model samples with when a call
     names none (stored in the config; 1 when absent); ``default_samples`` and ``default_combine`` the
-    candidates per update and how one is kept (1 and "best" when absent; "critic" needs a critic)."""
+    candidates per update and how one is kept (1 and "best" when absent; "critic" needs a critic).
+    ``demo_members`` (a family model's only) sets the members ``gpt-params demo`` shows it on, each a
+    tuple of hidden widths; every one is checked to be a member of the family."""
     exp = load_export(src)
     meta = dict(exp.meta)
+    if demo_members is not None:
+        if "family" not in meta:
+            raise GptParamsError(f"demo members are for family models; {str(src)!r} serves one architecture")
+        task = get_task(meta["task"])
+        if not demo_members:
+            raise GptParamsError("demo members: expected at least one member's hidden widths, got none")
+        for h in demo_members:
+            task.member(tuple(h))  # a TaskError naming the family for a non-member
+        meta["demo_members"] = [[int(w) for w in h] for h in demo_members]
     if default_guidance is not None:
         if not math.isfinite(default_guidance) or default_guidance <= 0:
             raise GptParamsError(f"default guidance must be a finite number > 0, got {default_guidance!r}")

@@ -731,6 +731,27 @@ def test_demo_shows_a_family_model_on_each_demo_member(family_export, tmp_path, 
     assert "64-64" in capsys.readouterr().out
 
 
+def test_export_sets_the_demo_members_and_refuses_non_members_in_one_line(family_export, tmp_path, capsys):
+    import json
+
+    from gpt_params.cli import main
+
+    src = str(family_export[0])
+    out = tmp_path / "demo-members"
+    assert main(["export", src, "--out", str(out), "--demo-members", "10", "32,16"]) == 0
+    assert json.loads((out / "config.json").read_text())["demo_members"] == [[10], [32, 16]]
+    assert main(["demo", "--models", str(out), "--nets", "2", "--adam-steps", "20",
+                 "--out", str(tmp_path / "demo")]) == 0  # fmt: skip
+    rows = json.loads((tmp_path / "demo" / "demo.json").read_text())["models"]
+    assert [r["model"] for r in rows] == [f"{out} 10", f"{out} 32-16"]
+    capsys.readouterr()
+    for bad, named in (("300", "digits-mlp"), ("8,8,8", "digits-mlp"), ("x", "--demo-members 'x'")):
+        assert main(["export", src, "--out", str(tmp_path / "bad"), "--demo-members", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("gpt-params: error") and err.count("\n") == 1 and named in err, err
+        assert not (tmp_path / "bad").exists()
+
+
 def test_each_member_gets_its_own_best_prompt_or_that_of_the_nearest_member_held():
     import numpy as np
 

@@ -12,8 +12,10 @@ from .conftest import repo_root
 
 
 @pytest.mark.slow
-def test_family_script_harvests_times_trains_and_scores_members(tmp_path):
+@pytest.mark.parametrize("task", ["mnist-mlp", "digits-mlp"])
+def test_family_script_harvests_times_trains_and_scores_members(tmp_path, task):
     env = {
+        "TASK": task,
         **os.environ,
         "RUNS": "32", "COHORT": "8", "EPOCHS": "1", "CKPTS": "3", "HARVEST_MINUTES": "5", "PRESET": "tiny", "MINUTES": "0.05",
         "TIMING_STEPS": "2", "NETS": "1", "ADAM_STEPS": "20", "WIDTHS": "4 10", "SHAPES": "8,4",
@@ -26,9 +28,11 @@ def test_family_script_harvests_times_trains_and_scores_members(tmp_path):
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    for zoo in ("mnist-mlp-family", "mnist-mlp-h64"):
+    for zoo in (f"{task}-family", f"{task}-h64"):
         assert summary["timing"][zoo]["params_per_s"] > 0
     assert summary["model"]["train_steps"] >= 1
+    assert (tmp_path / "data" / f"{task}-family.h5").exists()
+    assert summary["family"]["specialist"] == f"{task}-loss"
     model_cfg = json.loads((tmp_path / "out" / "model" / "config.json").read_text())["model"]
     assert (model_cfg["width"], model_cfg["depth"]) == (48, 1)  # WIDTH / DEPTH reach the trainer
     train_cfg = json.loads((tmp_path / "out" / "model" / "config.json").read_text())["train"]

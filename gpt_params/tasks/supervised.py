@@ -66,13 +66,14 @@ def mlp_logits(params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -
     return hid  # (B, C, N)
 
 
-def parse_hidden(text: str | None) -> tuple[int, ...] | None:
-    """``--hidden 64,32`` as ``(64, 32)`` (``None`` stays ``None``); a :class:`TaskError` otherwise."""
+def parse_hidden(text: str | None, flag: str = "--hidden") -> tuple[int, ...] | None:
+    """``--hidden 64,32`` as ``(64, 32)`` (``None`` stays ``None``); a :class:`TaskError` naming ``flag``
+    otherwise."""
     try:
         return None if text is None else tuple(int(w) for w in text.split(","))
     except ValueError:
         raise TaskError(
-            f"--hidden {text!r}: expected hidden widths separated by commas, e.g. 32 or 64,32"
+            f"{flag} {text!r}: expected hidden widths separated by commas, e.g. 32 or 64,32"
         ) from None
 
 
