@@ -21,8 +21,8 @@
 #   BATCH_UNITS=0 ...: no cap of 4,096 on a batch's pairs x hidden units (train/diffuse.py --batch-units), so members
 #     with many units and few parameters (784-4-174-10: 256 pairs, 4.5 s a step, instead of 23) take their full batch
 #   MEMBER_POWER=0 ...: members drawn in proportion to their runs alone, not to their runs times their hidden
-#     units^-0.5, so narrow one-layer members (cheap steps, the worst one-step results) are trained less often
-#     (the ablation; the shipped mnist-mlp-family-loss was trained so)
+#     units^-1, so narrow one-layer members (cheap steps, the worst one-step results) are trained less often
+#     (the ablation; 0.5 lies between)
 #   BATCH_SIZE=1024 ...: at most 1,024 pairs per batch instead of 256 (members narrower than about 8 get more)
 #   EDGE_MESSAGES=0 ...: two-layer members' unit tokens get the weights between the layers pooled alone, not
 #     the other layer's tokens weighted by them (train/diffuse.py --no-edge-messages; the ablation);
@@ -53,7 +53,7 @@ EDGE_WIDTH=${EDGE_WIDTH:-16}  # per-weight features between the two hidden layer
 BATCH_PARAMS=${BATCH_PARAMS:-2097152}  # most pairs x member parameters per batch (train/diffuse.py --batch-params)
 BATCH_SIZE=${BATCH_SIZE:-256}  # most pairs per batch (train/diffuse.py --batch-size)
 BATCH_UNITS=${BATCH_UNITS:-4096}  # most pairs x hidden units per batch (train/diffuse.py --batch-units; 0: no cap)
-MEMBER_POWER=${MEMBER_POWER:-0.5}  # members drawn by runs x hidden units^-MEMBER_POWER (train/diffuse.py --member-power)
+MEMBER_POWER=${MEMBER_POWER:-1}  # members drawn by runs x hidden units^-MEMBER_POWER (train/diffuse.py --member-power)
 SIZE_EMBEDDING=${SIZE_EMBEDDING:-1}; ((SIZE_EMBEDDING)) && SIZE=--size-embedding || SIZE=--no-size-embedding
 EDGE_MESSAGES=${EDGE_MESSAGES:-1}; ((EDGE_MESSAGES)) && MSG=--edge-messages || MSG=--no-edge-messages
 BALANCE_ROLES=${BALANCE_ROLES:-1}; ((BALANCE_ROLES)) && BALANCE=--balance-roles || BALANCE=--no-balance-roles

@@ -78,16 +78,45 @@ def draw_pairs(
 ) -> dict[str, torch.Tensor]:
     """``b`` pairs ``(theta_i, theta_j)``, ``j >= i``, of runs ``params`` ``(runs, K, D)`` with ``metric``
     ``(runs, K)``, normalised, drawn with ``g`` as ``cfg`` says; ``task`` normalises the metric."""
-    k = params.shape[1]
-    slot = g.integers(0, len(params), b)
+    slot, i, j = pair_indices(g, metric, b, cfg)
+    start = torch.from_numpy(params[slot, i])  # (B, D)
+    future = torch.from_numpy(params[slot, j])  # (B, D)
+    return finish_pairs(g, start, future, metric, slot, i, j, cfg, normalizer, layout, groups, task)
+
+
+def pair_indices(
+    g: np.random.Generator, metric: np.ndarray, b: int, cfg: PairConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which ``b`` pairs to draw from runs with ``metric`` ``(runs, K)``: each pair's run and its two
+    checkpoints ``(slot, i, j)``, each ``(b,)``; reads no parameters."""
+    k = metric.shape[1]
+    slot = g.integers(0, len(metric), b)
     # last usable checkpoint of each pair's run: the final one, or the best one with early stopping
     last = best_index(metric[slot], cfg.higher_is_better) if cfg.early_stop else np.full(b, k - 1)
     i = np.where(g.random(b) < cfg.init_frac, 0, np.floor(g.random(b) * (last + 1)).astype(np.int64))
     u = g.random(b) ** (1.0 / cfg.late_bias)  # late_bias 1: uniform over i+1 .. last
     later = i + 1 + np.floor(u * (last - i)).astype(np.int64)
     j = np.where((g.random(b) < cfg.same_frac) | (i == last), i, later)
-    start = torch.from_numpy(params[slot, i])  # (B, D)
-    future = torch.from_numpy(params[slot, j])  # (B, D)
+    return slot, i, j
+
+
+def finish_pairs(
+    g: np.random.Generator,
+    start: torch.Tensor,
+    future: torch.Tensor,
+    metric: np.ndarray,
+    slot: np.ndarray,
+    i: np.ndarray,
+    j: np.ndarray,
+    cfg: PairConfig,
+    normalizer: ParamNormalizer,
+    layout: ParamLayout,
+    groups: tuple[PermGroup, ...],
+    task,
+) -> dict[str, torch.Tensor]:
+    """The batch of the pairs ``(slot, i, j)`` whose ends ``start`` / ``future`` ``(B, D)`` were read: the same
+    hidden-unit permutation on both ends (drawn with ``g``), parameters and metrics normalised."""
+    b = len(slot)
     if cfg.augment and groups:
         perms = random_perms(groups, b, torch.Generator().manual_seed(int(g.integers(2**62))))
         both = permute(torch.cat([start, future]), layout, groups, [torch.cat([p, p]) for p in perms])
@@ -206,12 +235,30 @@ def pairs_per_batch(
     return min(batch_size, max(min_batch, fit))
 
 
+def read_pair_ends(
+    zoo: Zoo, runs: np.ndarray, slot: np.ndarray, i: np.ndarray, j: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two ends of pairs ``(slot, i, j)`` of the zoo rows ``runs``, ``(B, D)`` each, reading each used
+    checkpoint once (``draw_pairs`` on the whole runs would pick the same values)."""
+    start = future = None
+    for s in np.unique(slot):
+        mine = np.flatnonzero(slot == s)
+        ks = np.unique(np.concatenate([i[mine], j[mine]]))  # (n,) increasing
+        rows = zoo.checkpoints(int(runs[s]), ks)  # (n, D)
+        if start is None:
+            start, future = (np.empty((len(slot), rows.shape[1]), rows.dtype) for _ in range(2))
+        start[mine] = rows[np.searchsorted(ks, i[mine])]
+        future[mine] = rows[np.searchsorted(ks, j[mine])]
+    return torch.from_numpy(start), torch.from_numpy(future)
+
+
 class MemberPairStream(IterableDataset):
     """Batches of a mixed-architecture zoo, each from one family member (so one shape): step ``s``
     draws a member with probability proportional to its train runs (times its hidden units to the power
     ``-member_power``: 0 keeps draws proportional to runs, 0.5 gives a 784-4-10 member 8 times the draws per run
     of a 784-256-10 one, whose steps cost several times as much), reads ``runs_per_step`` of its
-    runs and draws the pairs from them as :class:`PairStream` does. Yields what :class:`PairStream`
+    runs and draws the pairs from them as :class:`PairStream` does, reading only the checkpoints the pairs
+    use. Yields what :class:`PairStream`
     yields plus ``member`` (the zoo's member index). Everything a step draws is a function of
     ``(seed, s)``, so a resumed training sees the stream an uninterrupted one would.
 
@@ -289,10 +336,13 @@ class MemberPairStream(IterableDataset):
                 runs = np.sort(
                     g.choice(self.rows[m], min(self.runs_per_step, len(self.rows[m])), replace=False)
                 )
-                params = np.stack([zoo.params(int(r)) for r in runs])  # (runs, K, D_m)
-                batch = draw_pairs(
-                    g, params, metric_all[runs], self.batch_of(m), self.cfg, self.normalizers[m],
-                    self.layouts[m], self.groups[m], self._task,
+                metric = metric_all[runs]  # (runs, K)
+                slot, i, j = pair_indices(g, metric, self.batch_of(m), self.cfg)
+                # only the checkpoints the pairs use: a wide member's few pairs need a few of its runs' rows
+                start, future = read_pair_ends(zoo, runs, slot, i, j)  # (B, D_m) each
+                batch = finish_pairs(
+                    g, start, future, metric, slot, i, j, self.cfg, self.normalizers[m], self.layouts[m],
+                    self.groups[m], self._task,
                 )  # fmt: skip
                 yield {**batch, "member": torch.tensor(m)}
             step += 1

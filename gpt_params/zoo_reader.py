@@ -159,6 +159,15 @@ class Zoo:
         """Checkpoint ``k`` of run ``row``: ``(D,)`` float32."""
         return self._file()[self._datasets[int(self.member[row])]][int(self.member_row[row]), k]
 
+    def checkpoints(self, row: int, ks: np.ndarray) -> np.ndarray:
+        """Checkpoints ``ks`` (increasing, distinct) of run ``row``: ``(len(ks), D)`` float32; the whole run
+        in one read where ``ks`` is most of it."""
+        ks = np.asarray(ks, dtype=np.int64)
+        if 2 * len(ks) > self.n_ckpts:
+            return self.params(row)[ks]
+        dset = self._file()[self._datasets[int(self.member[row])]]
+        return dset[int(self.member_row[row]), ks.tolist()]
+
     def sample_checkpoints(self, rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
         """Up to ``size`` checkpoints ``(n, D)`` drawn without replacement from the runs ``rows``."""
         picks = rng.choice(len(rows) * self.n_ckpts, min(size, len(rows) * self.n_ckpts), replace=False)

@@ -412,6 +412,24 @@ def test_member_pairs_come_from_one_member_per_batch_and_resume_exactly(tmp_path
         assert int(x["member"]) == int(y["member"])
         np.testing.assert_array_equal(x["theta_future"].numpy(), y["theta_future"].numpy())
 
+    # the stream reads only the checkpoints its pairs use, and gives what drawing from whole runs gives
+    from gpt_params.pairs import _rng, draw_pairs
+
+    ref = stream(0)
+    for step, b in enumerate(batches):
+        m = ref.member_at(step)
+        g = _rng(ref.seed, 6, step)
+        runs = np.sort(g.choice(ref.rows[m], min(ref.runs_per_step, len(ref.rows[m])), replace=False))
+        whole = draw_pairs(
+            g, np.stack([zoo.params(int(r)) for r in runs]), zoo.metrics["val_loss"][runs], ref.batch_of(m),
+            ref.cfg, ref.normalizers[m], ref.layouts[m], ref.groups[m], ref._task,
+        )  # fmt: skip
+        for key, value in whole.items():
+            np.testing.assert_array_equal(b[key].numpy(), value.numpy())
+    row = int(zoo.runs_of_member(0)[0])
+    for ks in ([0], [0, 2], [0, 1, 2]):
+        np.testing.assert_array_equal(zoo.checkpoints(row, np.array(ks)), zoo.params(row)[ks])
+
     # a parameter budget gives wider members fewer pairs, never fewer than min_batch
     sizes = {m: t.layout.numel for m, t in tasks.items()}
     small, large = min(sizes, key=sizes.get), max(sizes, key=sizes.get)

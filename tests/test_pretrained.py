@@ -82,16 +82,16 @@ def test_shipped_model_reaches_its_documented_one_step_result(name):
 
 # mnist-mlp-family-loss on three members its zoo never held, the demo protocol with 32 nets and each member's own
 # best prompt (2026-12-03, 2 CPU cores; medians over sampler seeds 0-4 / one-step sampler / guidance 2 / prompt 1.5):
-#   784-10-10     0.664-0.707   0.878   0.702   1.62    limit 0.75
-#   784-64-10     0.340-0.351   0.362   0.400   1.55    limit 0.356
-#   784-64-64-10  0.379-0.382   0.447   0.411   1.69    limit 0.40
+#   784-10-10     0.599-0.633   0.806   0.667   1.56    limit 0.66
+#   784-64-10     0.341-0.347   0.358   0.386   1.59    limit 0.352
+#   784-64-64-10  0.411-0.420   0.555   0.428   1.71    limit 0.425
 # digits-mlp-family-loss likewise with 64 nets (guidance 2 stays inside its limits):
 #   64-10-10      0.339-0.359   0.563   0.358   1.59    limit 0.40
 #   64-64-64-10   0.215-0.232   0.329   0.219   1.75    limit 0.26
 FAMILY_STEP = {
-    ("mnist-mlp-family-loss", (10,)): 0.75,
-    ("mnist-mlp-family-loss", (64,)): 0.356,
-    ("mnist-mlp-family-loss", (64, 64)): 0.40,
+    ("mnist-mlp-family-loss", (10,)): 0.66,
+    ("mnist-mlp-family-loss", (64,)): 0.352,
+    ("mnist-mlp-family-loss", (64, 64)): 0.425,
     ("digits-mlp-family-loss", (10,)): 0.40,
     ("digits-mlp-family-loss", (64, 64)): 0.26,
 }

@@ -117,7 +117,7 @@ class TrainConfig:
         "pairs); 0 = no cap",
     )
     member_power: float = opt(
-        0.5,
+        1.0,
         "a mixed zoo: members drawn in proportion to their train runs times their hidden units to the power "
         "-MEMBER_POWER, so > 0 trains narrow (cheap) members more often; 0 = in proportion to runs",
     )
