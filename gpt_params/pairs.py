@@ -8,9 +8,9 @@ training sees exactly the stream an uninterrupted one would; a zoo larger than m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 import torch
@@ -65,25 +65,6 @@ def best_index(metric: np.ndarray, higher_is_better: bool) -> np.ndarray:
     return m.argmax(1)
 
 
-def draw_pairs(
-    g: np.random.Generator,
-    params: np.ndarray,
-    metric: np.ndarray,
-    b: int,
-    cfg: PairConfig,
-    normalizer: ParamNormalizer,
-    layout: ParamLayout,
-    groups: tuple[PermGroup, ...],
-    task,
-) -> dict[str, torch.Tensor]:
-    """``b`` pairs ``(theta_i, theta_j)``, ``j >= i``, of runs ``params`` ``(runs, K, D)`` with ``metric``
-    ``(runs, K)``, normalised, drawn with ``g`` as ``cfg`` says; ``task`` normalises the metric."""
-    slot, i, j = pair_indices(g, metric, b, cfg)
-    start = torch.from_numpy(params[slot, i])  # (B, D)
-    future = torch.from_numpy(params[slot, j])  # (B, D)
-    return finish_pairs(g, start, future, metric, slot, i, j, cfg, normalizer, layout, groups, task)
-
-
 def pair_indices(
     g: np.random.Generator, metric: np.ndarray, b: int, cfg: PairConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,23 +81,27 @@ def pair_indices(
     return slot, i, j
 
 
-def finish_pairs(
+def draw_pairs(
     g: np.random.Generator,
-    start: torch.Tensor,
-    future: torch.Tensor,
+    params: np.ndarray | Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]],
     metric: np.ndarray,
-    slot: np.ndarray,
-    i: np.ndarray,
-    j: np.ndarray,
+    b: int,
     cfg: PairConfig,
     normalizer: ParamNormalizer,
     layout: ParamLayout,
     groups: tuple[PermGroup, ...],
     task,
 ) -> dict[str, torch.Tensor]:
-    """The batch of the pairs ``(slot, i, j)`` whose ends ``start`` / ``future`` ``(B, D)`` were read: the same
-    hidden-unit permutation on both ends (drawn with ``g``), parameters and metrics normalised."""
-    b = len(slot)
+    """``b`` pairs ``(theta_i, theta_j)``, ``j >= i``, of runs with ``metric`` ``(runs, K)``, normalised,
+    drawn with ``g`` as ``cfg`` says; ``task`` normalises the metric. ``params`` is the runs' parameters
+    ``(runs, K, D)``, or a function ``(slot, i, j) -> (start, future)`` that reads the ends of the pairs
+    (run ``slot``, checkpoints ``i`` and ``j``) as ``(B, D)`` tensors: the same batch, reading less."""
+    slot, i, j = pair_indices(g, metric, b, cfg)
+    if callable(params):
+        start, future = params(slot, i, j)
+    else:
+        start = torch.from_numpy(params[slot, i])  # (B, D)
+        future = torch.from_numpy(params[slot, j])  # (B, D)
     if cfg.augment and groups:
         perms = random_perms(groups, b, torch.Generator().manual_seed(int(g.integers(2**62))))
         both = permute(torch.cat([start, future]), layout, groups, [torch.cat([p, p]) for p in perms])
@@ -240,13 +225,12 @@ def read_pair_ends(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two ends of pairs ``(slot, i, j)`` of the zoo rows ``runs``, ``(B, D)`` each, reading each used
     checkpoint once (``draw_pairs`` on the whole runs would pick the same values)."""
-    start = future = None
+    d = zoo.layout_of(int(runs[0])).numel
+    start, future = np.empty((len(slot), d), np.float32), np.empty((len(slot), d), np.float32)
     for s in np.unique(slot):
         mine = np.flatnonzero(slot == s)
         ks = np.unique(np.concatenate([i[mine], j[mine]]))  # (n,) increasing
         rows = zoo.checkpoints(int(runs[s]), ks)  # (n, D)
-        if start is None:
-            start, future = (np.empty((len(slot), rows.shape[1]), rows.dtype) for _ in range(2))
         start[mine] = rows[np.searchsorted(ks, i[mine])]
         future[mine] = rows[np.searchsorted(ks, j[mine])]
     return torch.from_numpy(start), torch.from_numpy(future)
@@ -336,13 +320,10 @@ class MemberPairStream(IterableDataset):
                 runs = np.sort(
                     g.choice(self.rows[m], min(self.runs_per_step, len(self.rows[m])), replace=False)
                 )
-                metric = metric_all[runs]  # (runs, K)
-                slot, i, j = pair_indices(g, metric, self.batch_of(m), self.cfg)
                 # only the checkpoints the pairs use: a wide member's few pairs need a few of its runs' rows
-                start, future = read_pair_ends(zoo, runs, slot, i, j)  # (B, D_m) each
-                batch = finish_pairs(
-                    g, start, future, metric, slot, i, j, self.cfg, self.normalizers[m], self.layouts[m],
-                    self.groups[m], self._task,
+                batch = draw_pairs(
+                    g, partial(read_pair_ends, zoo, runs), metric_all[runs], self.batch_of(m), self.cfg,
+                    self.normalizers[m], self.layouts[m], self.groups[m], self._task,
                 )  # fmt: skip
                 yield {**batch, "member": torch.tensor(m)}
             step += 1
