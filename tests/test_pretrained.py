@@ -81,17 +81,17 @@ def test_shipped_model_reaches_its_documented_one_step_result(name):
 
 
 # mnist-mlp-family-loss on three members its zoo never held, the demo protocol with 32 nets and each member's own
-# best prompt (2026-12-03, 2 CPU cores; medians over sampler seeds 0-4 / one-step sampler / guidance 2 / prompt 1.5):
-#   784-10-10     0.599-0.633   0.806   0.667   1.56    limit 0.66
-#   784-64-10     0.341-0.347   0.358   0.386   1.59    limit 0.352
-#   784-64-64-10  0.411-0.420   0.555   0.428   1.71    limit 0.425
+# best prompt (2026-12-04, 2 CPU cores; medians over sampler seeds 0-4 / one-step sampler / guidance 2 / prompt 1.5):
+#   784-10-10     0.569-0.610   0.755   0.622   1.55    limit 0.64
+#   784-64-10     0.328-0.332   0.345   0.349   1.57    limit 0.338
+#   784-64-64-10  0.368-0.383   0.473   0.381   1.68    limit 0.39
 # digits-mlp-family-loss likewise with 64 nets (guidance 2 stays inside its limits):
 #   64-10-10      0.339-0.359   0.563   0.358   1.59    limit 0.40
 #   64-64-64-10   0.215-0.232   0.329   0.219   1.75    limit 0.26
 FAMILY_STEP = {
-    ("mnist-mlp-family-loss", (10,)): 0.66,
-    ("mnist-mlp-family-loss", (64,)): 0.352,
-    ("mnist-mlp-family-loss", (64, 64)): 0.425,
+    ("mnist-mlp-family-loss", (10,)): 0.64,
+    ("mnist-mlp-family-loss", (64,)): 0.338,
+    ("mnist-mlp-family-loss", (64, 64)): 0.39,
     ("digits-mlp-family-loss", (10,)): 0.40,
     ("digits-mlp-family-loss", (64, 64)): 0.26,
 }
