@@ -920,3 +920,42 @@ def test_step_time_reports_each_member_attention_path_edge_width_and_batch():
         assert (
             "not a member of the mnist-mlp family" if bad[0] == "--hidden" else "--batch-params [0]"
         ) in res.stderr
+
+
+def test_step_log_summarises_first_and_later_batches_per_member(tmp_path):
+    import json
+
+    from .conftest import repo_root, run_script
+
+    log = tmp_path / "steps.jsonl"
+    records = [
+        ([4], 256, 0.01, 0.30),
+        ([8, 8], 32, 0.0, 0.90),
+        ([4], 256, 0.02, 0.20),
+        ([8, 8], 32, 0.01, 0.70),
+    ]
+    records += [([4], 256, 0.0, 0.40)]
+    log.write_text(
+        "".join(
+            json.dumps(dict(zip(("hidden", "pairs", "data_s", "step_s"), r, strict=True))) + "\n"
+            for r in records
+        )
+    )
+    script = repo_root() / "benchmarks" / "step_log.py"
+    res = run_script(script, log, "--json", "--top", "1")
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert s["batches"] == 5 and s["seconds"] == 2.5
+    g = s["groups"]
+    assert set(g) == {"one-layer first", "one-layer later", "2-layer first", "2-layer later"}
+    assert g["one-layer later"] == {
+        "batches": 2, "seconds": 0.6, "s_per_batch": 0.3, "tokens_per_batch": 1024, "data_share": round(0.02 / 0.6, 3)
+    }  # fmt: skip
+    assert g["2-layer first"]["s_per_batch"] == 0.9 and g["2-layer later"]["tokens_per_batch"] == 512
+    assert [m["hidden"] for m in s["slowest_later"]] == [[8, 8]]  # 0.70 s against 0.30 s
+    res = run_script(script, log)
+    assert res.returncode == 0 and "8-8 (32 pairs)" in res.stdout, res.stderr
+    log.write_text('{"hidden": [4]}\n')
+    for bad, message in ((log, f"{log}:1: not a step record"), (tmp_path / "none.jsonl", "no such step log")):
+        res = run_script(script, bad)
+        assert res.returncode != 0 and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr

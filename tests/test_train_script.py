@@ -228,18 +228,21 @@ def test_a_mixed_zoo_trains_one_family_model_that_steps_any_member(tmp_path):
     from gpt_params.export import load_export
     from gpt_params.optimizer import LearnedOptimizer
     from gpt_params.tasks import get_task
+    from gpt_params.zoo_reader import Zoo
 
     zoo = harvest_mixed(tmp_path / "mixed.h5", runs=12, ckpts_per_run=4, cohort_size=4)
     out = tmp_path / "run"
     res = run(
         ["--zoo", str(zoo), "--out", str(out), "--max-steps", "2", "--eval-every", "2", "--output-weight", "1",
-         "--output-probes", "8", *TINY[:-4]]
+         "--output-probes", "8", "--step-log", str(tmp_path / "steps.jsonl"), *TINY[:-4]]
     )  # fmt: skip
     assert "out=" in res.stderr  # the function-space term, per batch's member
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    members = {tuple(o["hidden"]) for o in Zoo(zoo).member_options}
+    assert len(steps) == 2 and all(tuple(s["hidden"]) in members and s["pairs"] >= 1 for s in steps)
+    assert all(0 <= s["data_s"] <= s["step_s"] for s in steps)
     exp = load_export(out)
     assert exp.model.family is not None and exp.meta["family"][0] == "in_weight" and "layout" not in exp.meta
-    from gpt_params.zoo_reader import Zoo
-
     z = Zoo(zoo)
     held = [e["task_options"] for e in exp.meta["member_best_prompts"]]  # a best prompt per member held
     assert held == [o for m, o in enumerate(z.member_options) if len(z.runs_of_member(m, "train"))]

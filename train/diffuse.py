@@ -178,6 +178,11 @@ class TrainConfig:
     eval_every: int = opt(1000, "steps between validation (prompt alignment on val-split runs)")
     eval_nets: int = opt(8, "val-split networks in each validation")
     log_with: str = opt("", "accelerate tracker: tensorboard or wandb (opt-in)")
+    step_log: str = opt(
+        "",
+        "append one JSON line per batch to this file: its member's hidden widths, its pairs, and the seconds "
+        "spent waiting for it and in the whole step (step times per member on a mixed zoo)",
+    )
     resume: bool = opt(False, "continue from the latest checkpoint in <out>/state")
 
 
@@ -525,6 +530,18 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
         t_data += t1 - t0
         t_total += time.perf_counter() - t0
+        if cfg.step_log and acc.is_main_process:
+            with open(cfg.step_log, "a") as f:
+                json.dump(
+                    {
+                        "hidden": list(plans[member].sizes if plans else (g.size for g in task.symmetries)),
+                        "pairs": batch["theta_start"].shape[0],
+                        "data_s": round(t1 - t0, 5),
+                        "step_s": round(time.perf_counter() - t0, 5),
+                    },
+                    f,
+                )
+                f.write("\n")
         seen += batch["theta_start"].shape[0]
         seen_params += batch["theta_start"].numel()
         seen_units += batch["theta_start"].shape[0] * (sum(plans[member].sizes) if plans else units)
