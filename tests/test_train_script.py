@@ -159,6 +159,10 @@ def test_bad_pair_option_is_a_one_line_error(zoo, tmp_path):
         (["--member-power", "nan"], "--member-power nan; expected a finite power"),
         (["--mixed-precision", "fp8"], "--mixed-precision 'fp8'; expected no, fp16, bf16 or auto"),
         (
+            ["--step-log", "/nonexistent-dir/steps.jsonl"],
+            "--step-log /nonexistent-dir/steps.jsonl: no directory",
+        ),
+        (
             ["--output-weight", "1", "--output-probes", "100000"],
             "--output-probes 100000: 100000 probe inputs",
         ),

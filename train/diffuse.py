@@ -364,6 +364,8 @@ def main() -> None:
         fail(
             f"--batch-params {cfg.batch_params} / --batch-units {cfg.batch_units}; expected caps >= 0 (0: no cap)"
         )
+    if cfg.step_log and not Path(cfg.step_log).parent.is_dir():
+        fail(f"--step-log {cfg.step_log}: no directory {Path(cfg.step_log).parent}; expected a file in one")
     try:
         zoo = Zoo(cfg.zoo)
     except GptParamsError as e:
