@@ -12,7 +12,9 @@ checkpoints past their init: one from each of ``--bank`` train-split runs, or, f
 runs (a mixed zoo), up to ``--bank`` of all its runs' checkpoints. Three references put the distances in scale:
 the same init trained for real by the zoo's recipe (a genuinely new network: how near does *it* come
 to the bank?), pairs of independent training runs, and a retrieval baseline, the bank checkpoint
-whose validation metric is nearest the prompt, scored like the outputs. Writes JSON and a PNG.
+whose validation metric is nearest the prompt, scored like the outputs. With ``--prompts P``, G.pt's
+prompt alignment (R^2) of the one step on the same inits, beside what their real training offers:
+for each prompt, that run's own checkpoint whose validation metric is nearest it. Writes JSON and a PNG.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from gpt_params.align import aligned_distances, nearest
-from gpt_params.evaluate import held_rows
+from gpt_params.evaluate import held_rows, prompt_alignment, trajectory_alignment
 from gpt_params.scripting import add_unseen_arguments, fail, unseen_or_exit, utc_now
 
 
@@ -36,9 +38,12 @@ def main() -> None:
     p.add_argument("--prompt", type=float, default=None, help="prompted metric (default: the best prompt)")
     p.add_argument("--sampler-steps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompts", type=int, default=10, help="prompts per net for the alignment R^2 (0: none)")
     p.add_argument("--out", default=None, help="JSON report (default: <model>/audit.json)")
     a = p.parse_args()
 
+    if a.prompts == 1 or a.prompts < 0:
+        raise fail(f"--prompts {a.prompts}: need 0 (no alignment) or at least 2")
     opt, zoo, test_rows, _ = unseen_or_exit(a)
     if len(test_rows) == 0:
         raise fail(
@@ -99,6 +104,27 @@ def main() -> None:
     )
     scored = task.held_out_metric(metric)
 
+    alignment = {}
+    if a.prompts:  # the one step's R^2 on these inits, and what their real training offers
+        step_r2 = prompt_alignment(
+            opt,
+            theta0,
+            n_prompts=a.prompts,
+            achieved_metric=scored,
+            num_inference_steps=a.sampler_steps,
+            generator=torch.Generator().manual_seed(a.seed),
+        )
+        rows = np.asarray(test_rows)
+        # a zoo without the held-out metric scores real training by the conditioning one
+        held = zoo.metrics.get(scored, zoo.metrics[metric])
+        real_r2 = trajectory_alignment(zoo.metrics[metric][rows], held[rows], opt.best_prompt, a.prompts)
+        alignment = {
+            "prompts": a.prompts,
+            "one_step_r2": step_r2["r2"],
+            "real_training_trajectory_r2": real_r2["r2"],
+            "per_net": {"one_step": step_r2["r2_per_net"], "real_training": real_r2["r2_per_run"]},
+        }
+
     def med(x) -> float:
         return float(np.median(x))
 
@@ -124,6 +150,7 @@ def main() -> None:
         },
         "independent_runs_dist": med(d_indep),
         "retrieval": {scored: med(task.evaluate(retrieved)[scored]), "dist_to_input": med(d_retr_input)},
+        **({"alignment": alignment} if alignment else {}),
         "per_net": {
             "output_nearest": d_out.tolist(),
             "real_nearest": d_real.tolist(),

@@ -72,6 +72,37 @@ def prompt_alignment(
     }
 
 
+def trajectory_alignment(
+    conditioning: np.ndarray, achieved: np.ndarray, best: float, n_prompts: int = 10
+) -> dict:
+    """Prompt alignment that real training of the same inits offers: for each run, ``n_prompts``
+    prompts evenly spaced from ``best`` to its first checkpoint's ``conditioning`` metric (as
+    :func:`prompt_alignment` spaces them), the run's checkpoint whose ``conditioning`` metric is
+    nearest each prompt, and R^2 of those checkpoints' ``achieved`` metric against the prompts,
+    averaged over runs. ``conditioning`` and ``achieved`` are ``(N, K)``: N runs' K checkpoints,
+    the first their init. A one-step model bound to what training from an init reaches would score
+    this; prompts past where a run ends (a narrow net whose init trains badly) pull it below 1."""
+    cond, ach = np.asarray(conditioning, float), np.asarray(achieved, float)
+    if cond.ndim != 2 or cond.shape != ach.shape or cond.shape[1] < 2 or n_prompts < 2:
+        raise GptParamsError(
+            f"need (runs, checkpoints) metrics of one shape with >= 2 checkpoints and n_prompts >= 2 "
+            f"(got {cond.shape} and {ach.shape}, n_prompts={n_prompts})"
+        )
+    frac = np.linspace(0, 1, n_prompts)
+    prompts = best + frac[None] * (cond[:, :1] - best)  # (N, P)
+    k = np.abs(np.nan_to_num(cond, nan=np.inf)[:, None, :] - prompts[:, :, None]).argmin(2)  # (N, P)
+    got = np.take_along_axis(ach, k, axis=1)  # (N, P)
+    degenerate = np.abs(cond[:, 0] - best) <= 1e-3 * max(abs(best), 1e-6)  # no prompt range (as above)
+    r2 = np.array(
+        [np.nan if d else r_squared(p, g) for p, g, d in zip(prompts, got, degenerate, strict=True)]
+    )
+    return {
+        "r2": float(np.nanmean(r2)) if (~degenerate).any() else float("nan"),
+        "r2_per_run": r2.tolist(),
+        "runs_excluded": int(degenerate.sum()),
+    }
+
+
 @dataclass
 class OneStepResult:
     """One model's one step from unseen inits against its task's gradient baseline (medians over nets)."""

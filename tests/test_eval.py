@@ -10,7 +10,7 @@ import torch
 
 from gpt_params.align import align, aligned_distances, nearest
 from gpt_params.errors import GptParamsError
-from gpt_params.evaluate import prompt_alignment, r_squared
+from gpt_params.evaluate import prompt_alignment, r_squared, trajectory_alignment
 from gpt_params.harvest import HarvestConfig, harvest
 from gpt_params.layout import permute, random_perms
 from gpt_params.tasks import get_task
@@ -33,14 +33,14 @@ def digits(tmp_path_factory):
     return zoo, tiny_export(root / "model", "digits-mlp", "val_loss", [0.1, 2.5], 0.3)
 
 
-def script(name, *args):
+def script(name, *args, check=True):
     res = subprocess.run(
         [sys.executable, str(repo_root() / "eval" / name), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0 or not check, res.stderr[-3000:]
     return res
 
 
@@ -101,6 +101,11 @@ def test_audit_script(digits, tmp_path):
     rep = json.loads(out.read_text())
     assert rep["output"]["dist_to_nearest_train_ckpt"] > 0 and rep["independent_runs_dist"] > 0
     assert "test_loss" in rep["retrieval"]
+    align = rep["alignment"]  # the step's R^2 on the same inits, and what their real training offers
+    assert align["prompts"] == 10 and len(align["per_net"]["real_training"]) == rep["nets"]
+    assert np.isfinite(align["real_training_trajectory_r2"]) and align["real_training_trajectory_r2"] <= 1
+    res = script("audit.py", "--model", model, "--zoo", zoo, "--prompts", 1, check=False)
+    assert res.returncode == 2 and "--prompts 1" in res.stderr and res.stderr.count("\n") == 1
 
 
 def test_rollout_script_and_sb3_agree_with_the_plain_loop(tmp_path):
@@ -124,6 +129,22 @@ def test_r_squared_uses_the_spread_of_the_prompts():
     assert r_squared(prompts, prompts) == 1.0
     assert r_squared(prompts, np.full(5, prompts.mean())) == pytest.approx(0.0)
     assert r_squared(prompts, prompts + 1.0) < 0
+
+
+def test_trajectory_alignment_picks_each_runs_own_checkpoint_nearest_the_prompt():
+    dense = np.linspace(2.0, 0.5, 301)[None]  # (1, K): a run passing every prompt from its start to best
+    rep = trajectory_alignment(dense, dense, best=0.5, n_prompts=10)
+    assert rep["r2"] == pytest.approx(1.0, abs=1e-4) and rep["runs_excluded"] == 0
+    # scored on held-out data 0.1 worse: the same checkpoints, their achieved metric off the prompts
+    assert trajectory_alignment(dense, dense + 0.1, 0.5)["r2"] < 0.98
+    # a run that ends at 1.4 cannot give the low prompts; one already at the best prompt is left out
+    stuck = np.linspace(2.0, 1.4, 301)[None]
+    runs = np.concatenate([dense, stuck, np.full((1, 301), 0.5)])  # (3, K)
+    rep = trajectory_alignment(runs, runs, best=0.5, n_prompts=10)
+    assert rep["r2_per_run"][0] > 0.99 and rep["r2_per_run"][1] < 0.5 and np.isnan(rep["r2_per_run"][2])
+    assert rep["runs_excluded"] == 1 and rep["r2"] == pytest.approx(np.mean(rep["r2_per_run"][:2]))
+    with pytest.raises(GptParamsError, match=r"\(3, 301\) and \(3, 300\)"):
+        trajectory_alignment(runs, runs[:, :300], best=0.5)
 
 
 def test_outputs_are_scored_by_the_held_out_version_of_the_conditioning_metric():
