@@ -131,6 +131,7 @@ class ZooWriter:
         self.path = Path(path)
         self.parts = self.path.with_name(self.path.name + ".parts")
         self.attrs = attrs
+        self._summaries: dict[Path, tuple[tuple[int, int], _Source]] = {}  # part -> ((mtime, size), summary)
         if not self.path.parent.is_dir():
             raise ZooError(f"output directory {str(self.path.parent)!r} does not exist")
         if self.path.exists():
@@ -171,18 +172,38 @@ class ZooWriter:
         self.rebuild_index()
 
     def rebuild_index(self) -> None:
-        write_index(self.path, self._part_files(), self.attrs, rel_to=self.path.parent)
+        """Rewrite the index over every part. Each part is read once per writer (its summary is kept
+        while its size and mtime stay), so a commit costs one new part's read, not all of them."""
+        summaries = []
+        for part in self._part_files():
+            st = part.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            cached = self._summaries.get(part)
+            if cached is None or cached[0] != stamp:
+                cached = (stamp, _summarize(part, self.attrs))
+                self._summaries[part] = cached
+            summaries.append(cached[1])
+        write_index(self.path, [], self.attrs, rel_to=self.path.parent, summaries=summaries)
 
 
-def write_index(path: Path, sources: Sequence[Path], attrs: dict, rel_to: Path | None = None) -> int:
+def write_index(
+    path: Path,
+    sources: Sequence[Path],
+    attrs: dict,
+    rel_to: Path | None = None,
+    summaries: Sequence[_Source] | None = None,
+) -> int:
     """Atomically (re)write a zoo file whose ``params`` is a virtual dataset over ``sources``' params.
 
     Every other array is copied in, so the index alone answers metric queries. Source paths are
     stored relative to ``rel_to`` (HDF5 then resolves them against the index file's directory).
+    ``summaries`` (:func:`_summarize`, in place of ``sources``) spares reading sources already read.
     """
-    per_run, per_ckpt, metrics, diverged = _gather_small(sources)
+    if summaries is None:
+        summaries = [_summarize(src, attrs) for src in sources]
+    per_run, per_ckpt, metrics, diverged = _gather_small(summaries)
     n_runs = len(per_run["run_id"])
-    groups = _member_groups(sources, attrs)
+    groups = _member_groups(summaries, attrs)
     with _atomic_h5(path) as f:
         _write_attrs(f, attrs)
         for dest, member, srcs, shape in groups:
@@ -195,11 +216,39 @@ def write_index(path: Path, sources: Sequence[Path], attrs: dict, rel_to: Path |
             f.create_virtual_dataset(dest, layout, fillvalue=np.nan)
             f[dest].attrs.update(member)
         _write_small(f, per_run, per_ckpt, metrics, diverged)
-        _write_members(f, sources, attrs, groups)
+        _write_members(f, summaries, attrs, groups)
     return n_runs
 
 
-def _member_groups(sources: Sequence[Path], attrs: dict) -> list[tuple[str, dict, list, tuple]]:
+@dataclass
+class _Source:
+    """What an index needs of one source file (a part or a zoo), read once: its runs' small arrays,
+    its params' shape and, in a mixed zoo, its member."""
+
+    path: Path
+    shape: tuple  # params: (R, K, D)
+    per_run: dict[str, np.ndarray]  # run_id, seed, split, hparams: (R,)
+    step: np.ndarray  # (R, K)
+    metrics: dict[str, np.ndarray]  # name -> (R, K)
+    diverged: list
+    member: dict  # member_attrs of a mixed zoo's part; {} otherwise
+
+
+def _summarize(path: Path, attrs: dict) -> _Source:
+    mixed = attrs.get("architectures") == MIXED
+    with h5py.File(path, "r") as f:
+        return _Source(
+            path=path,
+            shape=tuple(f["params"].shape),
+            per_run={key: f["runs"][key][()] for key in ("run_id", "seed", "split", "hparams")},
+            step=f["step"][()] if "step" in f else np.zeros((0, 0), np.int64),  # an empty index has none
+            metrics={name: f["metrics"][name][()] for name in f["metrics"]},
+            diverged=list(f["diverged"]["record"][()]),
+            member=member_of(f.attrs) if mixed else {},
+        )
+
+
+def _member_groups(sources: Sequence[_Source], attrs: dict) -> list[tuple[str, dict, list, tuple]]:
     """``(dataset, member attrs, [(source, runs)], (runs, K, D))`` per params dataset of a zoo over
     ``sources``: one ``params`` for a single-architecture zoo, ``members/<i>/params`` per member of a
     mixed one, in order of first appearance."""
@@ -207,16 +256,14 @@ def _member_groups(sources: Sequence[Path], attrs: dict) -> list[tuple[str, dict
     order: list[str] = []
     found: dict[str, tuple[dict, list]] = {}
     for src in sources:
-        with h5py.File(src, "r") as f:
-            r, shape = f["params"].shape[0], f["params"].shape[1:]
-            member = member_of(f.attrs) if mixed else {}
+        r, shape, member = src.shape[0], src.shape[1:], src.member
         key = json.dumps(member, sort_keys=True)
         if r == 0 and not mixed:
             continue
         if key not in found:
             order.append(key)
             found[key] = (member, [])
-        found[key][1].append((src, r, shape))
+        found[key][1].append((src.path, r, shape))
     out = []
     for i, key in enumerate(order):
         member, srcs = found[key]
@@ -249,17 +296,16 @@ def member_of(attrs) -> dict:
         ) from None
 
 
-def _write_members(f: h5py.File, sources: Sequence[Path], attrs: dict, groups: list) -> None:
+def _write_members(f: h5py.File, sources: Sequence[_Source], attrs: dict, groups: list) -> None:
     """A mixed zoo's ``runs/member`` (which member group) and ``runs/member_row`` (row in its params),
     run by run in the order of ``sources``."""
     if attrs.get("architectures") != MIXED:
         return
-    keys = [json.dumps(m, sort_keys=True) for _, m, _, _ in groups]
+    keys = {json.dumps(m, sort_keys=True): g for g, (_, m, _, _) in enumerate(groups)}
     member, row, seen = [], [], [0] * len(groups)
     for src in sources:
-        with h5py.File(src, "r") as s:
-            r = s["runs/run_id"].shape[0]
-            g = keys.index(json.dumps(member_of(s.attrs), sort_keys=True))
+        r = len(src.per_run["run_id"])
+        g = keys[json.dumps(src.member, sort_keys=True)]
         member.extend([g] * r)
         row.extend(range(seen[g], seen[g] + r))
         seen[g] += r
@@ -267,21 +313,20 @@ def _write_members(f: h5py.File, sources: Sequence[Path], attrs: dict, groups: l
     f["runs"].create_dataset("member_row", data=np.array(row, dtype=np.int64))
 
 
-def _gather_small(sources: Sequence[Path]) -> tuple[dict, dict, dict, list]:
+def _gather_small(sources: Sequence[_Source]) -> tuple[dict, dict, dict, list]:
     per_run: dict[str, list] = {"run_id": [], "seed": [], "split": [], "hparams": []}
     per_ckpt: dict[str, list] = {"step": []}
     metrics: dict[str, list] = {}
     diverged: list = []
     for src in sources:
-        with h5py.File(src, "r") as f:
-            diverged.extend(f["diverged"]["record"][()])
-            if f["runs/run_id"].shape[0] == 0:  # an empty shard or index adds no runs
-                continue
-            for key in per_run:
-                per_run[key].append(f["runs"][key][()])
-            per_ckpt["step"].append(f["step"][()])
-            for name in f["metrics"]:
-                metrics.setdefault(name, []).append(f["metrics"][name][()])
+        diverged.extend(src.diverged)
+        if len(src.per_run["run_id"]) == 0:  # an empty shard or index adds no runs
+            continue
+        for key in per_run:
+            per_run[key].append(src.per_run[key])
+        per_ckpt["step"].append(src.step)
+        for name, arr in src.metrics.items():
+            metrics.setdefault(name, []).append(arr)
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in per_run.items()}
     ids = cat["run_id"]
     values, counts = np.unique(ids, return_counts=True)
@@ -467,9 +512,10 @@ def merge(inputs: Sequence[str | Path], out: str | Path, virtual: bool = False) 
     paths = [q for p in paths for q in _param_sources(p)]  # a mixed harvest: its parts, in run order
     if virtual:
         return write_index(out, paths, attrs, rel_to=out.parent)
-    per_run, per_ckpt, metrics, diverged = _gather_small(paths)
+    summaries = [_summarize(p, attrs) for p in paths]
+    per_run, per_ckpt, metrics, diverged = _gather_small(summaries)
     n_runs = len(per_run["run_id"])
-    groups = _member_groups(paths, attrs)
+    groups = _member_groups(summaries, attrs)
     with _atomic_h5(out) as f:
         _write_attrs(f, attrs)
         for dest, member, srcs, shape in groups:
@@ -482,7 +528,7 @@ def merge(inputs: Sequence[str | Path], out: str | Path, virtual: bool = False) 
                         dset[row] = s["params"][r]
                         row += 1
         _write_small(f, per_run, per_ckpt, metrics, diverged)
-        _write_members(f, paths, attrs, groups)
+        _write_members(f, summaries, attrs, groups)
     return n_runs
 
 

@@ -334,6 +334,42 @@ def test_a_mixed_zoo_groups_runs_by_member_and_merges(tmp_path):
     assert Zoo(tmp_path / "merged.h5").n_runs == 2 + 3 + 4
 
 
+def test_a_commit_reads_only_its_own_part_and_the_index_matches_one_built_from_scratch(tmp_path, monkeypatch):
+    import h5py
+    import numpy as np
+
+    from gpt_params import zoo as zoo_mod
+    from gpt_params.zoo import ZooWriter, member_attrs, write_index, zoo_attrs
+
+    members = [get_task("digits-mlp", hidden=h) for h in [(4,), (6, 3), (4,), (5,), (6, 3)]]
+    attrs = zoo_attrs("digits-mlp", None, members[0].metric_names, {"runs": 5})
+    reads = []
+    summarize = zoo_mod._summarize
+    monkeypatch.setattr(zoo_mod, "_summarize", lambda path, a: reads.append(path.name) or summarize(path, a))
+    w = ZooWriter(tmp_path / "z.h5", attrs)
+    for c, task in enumerate(members):  # every commit rewrites the index over all parts so far
+        w.commit(_cohort(c, task, runs=2, seed=c), member_attrs(task.layout, task.options))
+        assert reads[-1] == f"cohort-{c:06d}.h5" and len(reads) == c + 1  # but reads only the new part
+    w.rebuild_index()
+    assert len(reads) == len(members)
+    # a part replaced in place (a relabel rewrites parts) is read again
+    part = tmp_path / "z.h5.parts" / "cohort-000001.h5"
+    with h5py.File(part, "a") as f:
+        f["metrics/val_loss"][...] = 7.0
+    w.rebuild_index()
+    assert reads[-1] == part.name and len(reads) == len(members) + 1
+    write_index(tmp_path / "scratch.h5", w._part_files(), attrs, rel_to=tmp_path)
+    with h5py.File(tmp_path / "z.h5", "r") as a, h5py.File(tmp_path / "scratch.h5", "r") as b:
+        names, have = [], []
+        b.visit(names.append)
+        a.visit(have.append)
+        assert sorted(names) == sorted(have)
+        for n in names:
+            if isinstance(b[n], h5py.Dataset):
+                np.testing.assert_array_equal(a[n][()], b[n][()], err_msg=n)
+        assert (a["metrics/val_loss"][()] == 7.0).sum() == 2 * 3  # cohort 1's two runs, three checkpoints
+
+
 def test_mixed_harvest_draws_members_per_cohort_and_never_a_held_out_one(tmp_path):
     import numpy as np
 
