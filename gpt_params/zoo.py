@@ -183,24 +183,19 @@ class ZooWriter:
                 cached = (stamp, _summarize(part, self.attrs))
                 self._summaries[part] = cached
             summaries.append(cached[1])
-        write_index(self.path, [], self.attrs, rel_to=self.path.parent, summaries=summaries)
+        write_index(self.path, summaries, self.attrs, rel_to=self.path.parent)
 
 
 def write_index(
-    path: Path,
-    sources: Sequence[Path],
-    attrs: dict,
-    rel_to: Path | None = None,
-    summaries: Sequence[_Source] | None = None,
+    path: Path, sources: Sequence[Path | _Source], attrs: dict, rel_to: Path | None = None
 ) -> int:
     """Atomically (re)write a zoo file whose ``params`` is a virtual dataset over ``sources``' params.
 
     Every other array is copied in, so the index alone answers metric queries. Source paths are
     stored relative to ``rel_to`` (HDF5 then resolves them against the index file's directory).
-    ``summaries`` (:func:`_summarize`, in place of ``sources``) spares reading sources already read.
+    A source may be given as its :func:`_summarize` summary, so that one already read is not read again.
     """
-    if summaries is None:
-        summaries = [_summarize(src, attrs) for src in sources]
+    summaries = [s if isinstance(s, _Source) else _summarize(s, attrs) for s in sources]
     per_run, per_ckpt, metrics, diverged = _gather_small(summaries)
     n_runs = len(per_run["run_id"])
     groups = _member_groups(summaries, attrs)
