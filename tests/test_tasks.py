@@ -122,6 +122,21 @@ def test_actor_vector_follows_sb3_parameters_order():
     torch.testing.assert_close(ours, sb3_logits, rtol=1e-5, atol=1e-5)
 
 
+def test_ppo_training_writes_no_log_folder(tmp_path, monkeypatch):
+    """SB3's default logger makes a tempdir/SB3-<time> folder on every learn(); a harvest of 600 runs
+    would leave 600 of them behind."""
+    import tempfile
+
+    from gpt_params.recipes import PPORecipe
+    from gpt_params.tasks.ppo import make_ppo
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = make_ppo(PPORecipe(n_envs=1, n_steps=32, batch_size=32, n_epochs=1, total_timesteps=64), seed=0)
+    model.learn(total_timesteps=64)
+    assert model.num_timesteps == 64
+    assert list(tmp_path.iterdir()) == []
+
+
 def _sequential_return(task, theta, seed):
     import gymnasium as gym
 

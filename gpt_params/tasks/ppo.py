@@ -21,9 +21,10 @@ def make_ppo(recipe: PPORecipe, seed: int, hidden: int = 32):
     """An SB3 PPO on ``CartPole-v1`` whose actor is the cartpole task's architecture."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
 
     env = make_vec_env("CartPole-v1", n_envs=recipe.n_envs, seed=seed)
-    return PPO(
+    model = PPO(
         "MlpPolicy",
         env,
         learning_rate=recipe.learning_rate,
@@ -42,6 +43,9 @@ def make_ppo(recipe: PPORecipe, seed: int, hidden: int = 32):
         device="cpu",
         verbose=0,
     )
+    # SB3's default logger makes an empty tempdir/SB3-<time> folder on every learn(): one per run
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
 
 
 def n_updates(recipe: PPORecipe) -> int:
