@@ -33,6 +33,8 @@
 #     (train/diffuse.py --no-block-messages; the ablation)
 #   EDGE_RANK=0 ...: the weights between the hidden layers decoded by the additive per-weight head alone, without
 #     the rank-16 bilinear term p(unit a) . q(unit b) (the ablation)
+#   LR=2e-3 ...: peak learning rate 2e-3 instead of 1e-3 (same warm-up and cosine decay; the ablation: the narrowest
+#     members learn slower, and at 90 minutes 16 of 17 members ended worse)
 #   SIZE_EMBEDDING=0 / BALANCE_ROLES=0 / WIDTH_LAW=0 / T_POWER=1 ...: the model not told its members' widths /
 #     plain MSE over all coordinates instead of each tensor role weighing the same / one normalising std per role
 #     instead of a power law of the tensor's fans / uniform diffusion timesteps instead of a density proportional
@@ -64,8 +66,9 @@ BLOCK_MESSAGES=${BLOCK_MESSAGES:-1}; ((BLOCK_MESSAGES)) && BLOCK=--block-message
 MESSAGE_NORM=${MESSAGE_NORM:-sqrt}  # train/diffuse.py --message-norm: an edge message's sum centred, over sqrt(n); or over n
 EDGE_RANK=${EDGE_RANK:-16}  # train/diffuse.py --edge-rank: a bilinear term in the weights-between-layers decoder (0: none)
 PRECISION=${PRECISION:-auto}  # train/diffuse.py --mixed-precision: auto is bf16 where the CPU has AVX-512 / AMX, else fp32
+LR=${LR:-1e-3}  # train/diffuse.py --lr: the peak learning rate (warm-up 300 steps, then cosine decay over MINUTES)
 T_POWER=${T_POWER:-2}  # diffusion timesteps drawn as floor(1000 u^(1/T_POWER)): >1 favours high noise
-TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" --batch-units "$BATCH_UNITS" --member-power "$MEMBER_POWER" "$SIZE" "$MSG" --message-norm "$MESSAGE_NORM" "$BLOCK" --edge-rank "$EDGE_RANK" "$BALANCE" "$LAW" --lr 1e-3 --init-frac 0.5 --late-bias 2 --warmup-steps 300
+TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" --batch-units "$BATCH_UNITS" --member-power "$MEMBER_POWER" "$SIZE" "$MSG" --message-norm "$MESSAGE_NORM" "$BLOCK" --edge-rank "$EDGE_RANK" "$BALANCE" "$LAW" --lr "$LR" --init-frac 0.5 --late-bias 2 --warmup-steps 300
   --mixed-precision "$PRECISION" --output-weight "$OUTPUT_WEIGHT" --output-probes 32 --t-power "$T_POWER")
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift
