@@ -35,6 +35,9 @@
 #     the rank-16 bilinear term p(unit a) . q(unit b) (the ablation)
 #   LR=2e-3 ...: peak learning rate 2e-3 instead of 1e-3 (same warm-up and cosine decay; the ablation: the narrowest
 #     members learn slower, and at 90 minutes 16 of 17 members ended worse)
+#   GRAD_PROBES=512 ...: the model's tokens also read the gradient of the training loss at the start on 512 fixed
+#     training examples (train/diffuse.py --grad-probes; LearnedOptimizer.step computes it the same way; the ablation:
+#     more learnt per step, a quarter fewer steps, worse at 90 minutes on the 2 cores)
 #   SIZE_EMBEDDING=0 / BALANCE_ROLES=0 / WIDTH_LAW=0 / T_POWER=1 ...: the model not told its members' widths /
 #     plain MSE over all coordinates instead of each tensor role weighing the same / one normalising std per role
 #     instead of a power law of the tensor's fans / uniform diffusion timesteps instead of a density proportional
@@ -68,8 +71,10 @@ EDGE_RANK=${EDGE_RANK:-16}  # train/diffuse.py --edge-rank: a bilinear term in t
 PRECISION=${PRECISION:-auto}  # train/diffuse.py --mixed-precision: auto is bf16 where the CPU has AVX-512 / AMX, else fp32
 LR=${LR:-1e-3}  # train/diffuse.py --lr: the peak learning rate (warm-up 300 steps, then cosine decay over MINUTES)
 T_POWER=${T_POWER:-2}  # diffusion timesteps drawn as floor(1000 u^(1/T_POWER)): >1 favours high noise
+GRAD_PROBES=${GRAD_PROBES:-0}  # train/diffuse.py --grad-probes: tokens read the training loss's gradient on N examples
 TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" --batch-units "$BATCH_UNITS" --member-power "$MEMBER_POWER" "$SIZE" "$MSG" --message-norm "$MESSAGE_NORM" "$BLOCK" --edge-rank "$EDGE_RANK" "$BALANCE" "$LAW" --lr "$LR" --init-frac 0.5 --late-bias 2 --warmup-steps 300
   --mixed-precision "$PRECISION" --output-weight "$OUTPUT_WEIGHT" --output-probes 32 --t-power "$T_POWER")
+MIXED=(--grad-probes "$GRAD_PROBES")  # options of a mixed zoo's (family) model alone
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift
   "$@" > "$log" 2>&1 || { echo "family_cpu.sh: failed: $*" >&2; tail -n 3 "$log" >&2; exit 1; }
@@ -84,12 +89,12 @@ echo "harvest: ${SECONDS}s"
 logged "$OUT/harvest-single.log" $PY -m gpt_params.cli harvest --task "$TASK" --hidden 64 --preset "$HARVEST_PRESET" \
   --epochs "$EPOCHS" --runs $((2 * COHORT)) --cohort-size "$COHORT" --ckpts-per-run "$CKPTS" --out "$SINGLE"
 for zoo in "$ZOO" "$SINGLE"; do  # throughput, mixed against single, same preset and batch size in parameters
-  name=$(basename "${zoo%.h5}")
-  logged "$OUT/timing-$name.log" $PY train/diffuse.py --zoo "$zoo" --out "$OUT/timing-$name" "${TRAIN[@]}" \
+  name=$(basename "${zoo%.h5}"); extra=(); [[ $zoo == "$ZOO" ]] && extra=("${MIXED[@]}")
+  logged "$OUT/timing-$name.log" $PY train/diffuse.py --zoo "$zoo" --out "$OUT/timing-$name" "${TRAIN[@]}" "${extra[@]}" \
     --max-steps "$TIMING_STEPS" --max-minutes 30 --eval-every 0 --save-every 1000000
 done
 echo "timing: ${SECONDS}s"
-logged "$OUT/train.log" $PY train/diffuse.py --zoo "$ZOO" --out "$OUT/model" "${TRAIN[@]}" --max-minutes "$MINUTES" \
+logged "$OUT/train.log" $PY train/diffuse.py --zoo "$ZOO" --out "$OUT/model" "${TRAIN[@]}" "${MIXED[@]}" --max-minutes "$MINUTES" \
   --max-steps 1000000 --eval-every "$EVAL_EVERY" --save-every 1000
 echo "train: ${SECONDS}s"
 # shellcheck disable=SC2086

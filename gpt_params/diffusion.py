@@ -120,8 +120,11 @@ def sample(
     sampler: str = "ddim",
     generator: torch.Generator | None = None,
     clamp: tuple[torch.Tensor, torch.Tensor] | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Draw ``theta_future`` ``(B, D)`` (normalised) for each start and prompt.
+
+    ``extra``: more per-network inputs ``(B, ...)`` passed to ``model`` by keyword (a probe gradient).
 
     ``guidance_scale`` > 1 applies classifier-free guidance: x0 = uncond + s * (cond - uncond).
     ``clamp`` = (low, high) ``(D,)`` bounds each x0-prediction to the zoo's parameter range.
@@ -135,10 +138,12 @@ def sample(
     # noise drawn network by network: a network's sample does not depend on the batch size after it
     x = torch.stack([torch.randn(theta_start.shape[1:], generator=generator) for _ in range(b)]).to(device)
     on = torch.ones(b, dtype=torch.bool, device=device)
+    extra = extra or {}
+    doubled = {k: torch.cat([v, v]) for k, v in extra.items()} if guidance_scale != 1.0 else {}
     for t in sched.timesteps:
         tt = torch.full((b,), int(t), device=device)
         if guidance_scale == 1.0:
-            x0 = model(x, tt, theta_start, start_metric, prompt, on)
+            x0 = model(x, tt, theta_start, start_metric, prompt, on, **extra)
         else:
             both = model(
                 torch.cat([x, x]),
@@ -147,6 +152,7 @@ def sample(
                 torch.cat([start_metric, start_metric]),
                 torch.cat([prompt, prompt]),
                 torch.cat([on, ~on]),
+                **doubled,
             )
             cond, uncond = both.chunk(2)
             x0 = uncond + guidance_scale * (cond - uncond)

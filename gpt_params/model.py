@@ -63,6 +63,11 @@ class ModelConfig:
     # products of one unit's backpropagated signal and the other's activation). 0: none, as in exports
     # that predate it.
     edge_rank: int = 0
+    # role tokenizer: tokens also read the gradient of the training loss at theta_start on this many fixed
+    # training examples (Task.probe_gradient), each role's scaled to unit RMS per network: a direction the
+    # data gives, which the model otherwise has to infer from the weights alone. 0: none, as in exports
+    # that predate it.
+    grad_probes: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,6 +111,8 @@ def preset_config(
     arch.update(fields)
     if arch["message_norm"] not in MESSAGE_NORMS:
         raise GptParamsError(f"message_norm {arch['message_norm']!r}; expected {' or '.join(MESSAGE_NORMS)}")
+    if arch["grad_probes"] < 0:
+        raise GptParamsError(f"grad_probes {arch['grad_probes']}; expected 0 (none) or a number of examples")
     if arch["edge_rank"] < 0:
         raise GptParamsError(
             f"edge_rank {arch['edge_rank']}; expected 0 (no bilinear term) or a positive rank"
@@ -214,6 +221,8 @@ class ParamDiffusionTransformer(nn.Module):
         self.register_buffer("sqrt_abar", abar.sqrt(), persistent=False)  # (num_train_timesteps,)
         e = config.width
         self.family = family if config.tokenizer == "role" else None
+        if config.grad_probes and config.tokenizer != "role":
+            raise ValueError("grad_probes is a role-tokenizer (family) option")
         if config.tokenizer == "role":
             if family is None:
                 raise ValueError(
@@ -226,6 +235,7 @@ class ParamDiffusionTransformer(nn.Module):
                 messages=config.edge_messages,
                 message_norm=config.message_norm,
                 edge_rank=config.edge_rank,
+                inputs=3 if config.grad_probes else 2,
             )
             n_skip = len(family)
         elif config.tokenizer in ("neuron", "chunk"):
@@ -279,16 +289,26 @@ class ParamDiffusionTransformer(nn.Module):
         prompt: torch.Tensor,
         prompt_mask: torch.Tensor | None = None,
         plan: RolePlan | None = None,
+        theta_grad: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predicted ``theta_future`` ``(B, D)`` (normalised parameters in, normalised out).
 
         ``t`` (B,) are diffusion timesteps in [0, 1000); metrics (B,) are already normalised;
         ``prompt_mask`` (B,) bool is False where the prompt is dropped; ``plan``: the family member
-        the batch holds (``role`` tokenizer only; every row of a batch is the same member).
+        the batch holds (``role`` tokenizer only; every row of a batch is the same member);
+        ``theta_grad`` ``(B, D)``: the raw probe gradient at ``theta_start`` (models with ``grad_probes``).
         """
         if (plan is None) != (self.family is None):
             raise ValueError("a family model takes the member's plan=; a single-layout model takes none")
+        if (theta_grad is None) != (not self.config.grad_probes):
+            raise ValueError(
+                f"this model reads a probe gradient on {self.config.grad_probes} examples; pass theta_grad="
+                if self.config.grad_probes
+                else "theta_grad given to a model without grad_probes"
+            )
         member = () if plan is None else (plan,)
+        if theta_grad is not None:
+            member = (plan, role_rms_normalize(theta_grad, plan.role_id, len(self.family)))
         ids = self.tensor_id if plan is None else plan.role_id
         p = self.prompt_embed(prompt)  # (B, E)
         if prompt_mask is not None:
@@ -305,7 +325,7 @@ class ParamDiffusionTransformer(nn.Module):
             for block in self.blocks:
                 x = block(x, c)
         else:
-            x, edges = self.tokenizer.encode_with_edges(theta_start, theta_noisy, plan)  # (B, T, E), ...
+            x, edges = self.tokenizer.encode_with_edges(theta_start, theta_noisy, *member)  # (B, T, E), ...
             for block, messages in zip(self.blocks, self.block_messages, strict=True):
                 x = messages(block(x, c), c, edges, plan.sizes)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
@@ -313,6 +333,16 @@ class ParamDiffusionTransformer(nn.Module):
         noisy_change = theta_noisy - self.sqrt_abar[t.long()][:, None] * theta_start  # (B, D)
         skip = self.skip(c)[:, ids] * noisy_change  # (B, D)
         return theta_start + skip + self.tokenizer.decode(x, theta_start, theta_noisy, *member)
+
+
+def role_rms_normalize(g: torch.Tensor, role_id: torch.Tensor, n_roles: int) -> torch.Tensor:
+    """``g`` ``(B, D)`` with each network's coordinates of each role divided by their RMS there (a probe
+    gradient's scale spans orders of magnitude between inits and trained nets; its direction is kept)."""
+    g = g.float()
+    sq = g.new_zeros(g.shape[0], n_roles).index_add_(1, role_id, g.square())  # (B, roles)
+    count = torch.bincount(role_id, minlength=n_roles).clamp_min(1).to(g.dtype)  # (roles,)
+    rms = (sq / count).sqrt()[:, role_id]  # (B, D)
+    return g / rms.clamp_min(1e-12)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -263,6 +263,12 @@ class LearnedOptimizer:
         device = self.device
         normalizer, clamp, plan = exp.member(task)
         z = normalizer.normalize(theta.to(device, torch.float32))
+        n_probes = exp.model.config.grad_probes
+        extra = (
+            {"theta_grad": task.probe_gradient(theta.to(device, torch.float32), n_probes)}
+            if n_probes
+            else None
+        )
         out = sample(
             exp.model if plan is None else functools.partial(exp.model, plan=plan),
             exp.diffusion,
@@ -274,6 +280,7 @@ class LearnedOptimizer:
             sampler=sampler,
             generator=generator,
             clamp=clamp,
+            extra=extra,
         )
         return normalizer.denormalize(out)
 

@@ -243,7 +243,11 @@ class RoleTokenizer(nn.Module):
     ``messages`` each unit also receives the other layer's unit tokens weighted by the connecting
     edges' features, ``sum_b e_ab * v(u_b)`` normalised by ``message_norm``: so a first-layer unit learns what the units it feeds do
     (in a one-layer member its own output weights say so), not only how strongly it connects. ``message_norm``
-    is :func:`edge_messages`' ``norm``: ``"mean"`` (exports before it) or ``"sqrt"`` (what training picks)."""
+    is :func:`edge_messages`' ``norm``: ``"mean"`` (exports before it) or ``"sqrt"`` (what training picks).
+
+    ``inputs=3``: every projection also reads the probe gradient (``theta_grad``, the training loss's
+    gradient at ``theta_start`` on fixed examples, per role scaled to unit RMS), beside ``theta_start`` and
+    ``theta_noisy``, so a unit's token says which way the data pulls it."""
 
     def __init__(
         self,
@@ -254,8 +258,12 @@ class RoleTokenizer(nn.Module):
         messages: bool = False,
         message_norm: str = "mean",
         edge_rank: int = 0,
+        inputs: int = 2,
     ) -> None:
         super().__init__()
+        if inputs not in (2, 3):
+            raise ValueError(f"inputs {inputs}; expected 2 (start, noisy) or 3 (and a gradient)")
+        self.inputs = inputs
         if message_norm not in MESSAGE_NORMS:
             raise ValueError(f"message_norm {message_norm!r}; expected one of {', '.join(MESSAGE_NORMS)}")
         self.message_norm = message_norm
@@ -264,18 +272,19 @@ class RoleTokenizer(nn.Module):
         edge = [n for n, r in spec.items() if r.placement == "edge"]
         rest = [n for n, r in spec.items() if r.placement == "rest"]
         f = {n: r.features for n, r in spec.items()}
-        self.embed = nn.ModuleDict({n: nn.Linear(2 * f[n], width) for n in unit})
+        k = inputs  # vectors read per coordinate: theta_start, theta_noisy (and the probe gradient)
+        self.embed = nn.ModuleDict({n: nn.Linear(k * f[n], width) for n in unit})
         self.head = nn.ModuleDict({n: nn.Linear(width, f[n]) for n in unit})
         self.layer_emb = nn.Parameter(torch.randn(max_layers, width) * 0.02)
         self.edge_in = nn.ModuleDict(
             {
-                n: nn.Sequential(nn.Linear(2 * f[n], edge_width), nn.GELU(), nn.Linear(edge_width, width))
+                n: nn.Sequential(nn.Linear(k * f[n], edge_width), nn.GELU(), nn.Linear(edge_width, width))
                 for n in edge
             }
         )
         self.edge_a = nn.ModuleDict({n: nn.Linear(width, edge_width) for n in edge})
         self.edge_b = nn.ModuleDict({n: nn.Linear(width, edge_width) for n in edge})
-        self.edge_x = nn.ModuleDict({n: nn.Linear(2 * f[n], edge_width) for n in edge})
+        self.edge_x = nn.ModuleDict({n: nn.Linear(k * f[n], edge_width) for n in edge})
         self.edge_out = nn.ModuleDict({n: nn.Linear(edge_width, f[n]) for n in edge})
         self.edge_rank = edge_rank
         if edge_rank:  # per edge role: a rank-K bilinear map of the two units' tokens, sum_k p_k(a) q_k(b)
@@ -288,7 +297,7 @@ class RoleTokenizer(nn.Module):
         if messages:  # per edge role: each side's tokens into edge features, and the messages back out
             self.msg_v = nn.ModuleDict({n: nn.Linear(width, 2 * edge_width) for n in edge})
             self.msg_out = nn.ModuleDict({n: nn.Linear(edge_width, width) for n in edge})
-        self.rest_embed = nn.ModuleDict({n: nn.Linear(2 * f[n], width) for n in rest})
+        self.rest_embed = nn.ModuleDict({n: nn.Linear(k * f[n], width) for n in rest})
         self.rest_pos = nn.ParameterDict({n: nn.Parameter(torch.randn(width) * 0.02) for n in rest})
         self.rest_head = nn.ModuleDict({n: nn.Linear(width, f[n]) for n in rest})
         for h in [*self.head.values(), *self.edge_out.values(), *self.rest_head.values()]:
@@ -296,22 +305,36 @@ class RoleTokenizer(nn.Module):
             nn.init.zeros_(h.bias)
         self.max_layers = max_layers
 
-    def encode(self, theta_start: torch.Tensor, theta_noisy: torch.Tensor, plan: RolePlan) -> torch.Tensor:
+    def _reader(self, theta_start: torch.Tensor, theta_noisy: torch.Tensor, theta_grad: torch.Tensor | None):
+        """``pair(idx)``: the slices ``idx`` of the vectors this tokenizer reads, concatenated ``(B, ..., kF)``."""
+        if (theta_grad is not None) != (self.inputs == 3):
+            raise ValueError(
+                "this tokenizer reads a probe gradient; pass theta_grad="
+                if self.inputs == 3
+                else "theta_grad given to a tokenizer that reads none"
+            )
+        vectors = (theta_start, theta_noisy) if theta_grad is None else (theta_start, theta_noisy, theta_grad)
+        return lambda idx: torch.cat([v[:, idx] for v in vectors], -1)
+
+    def encode(
+        self, theta_start: torch.Tensor, theta_noisy: torch.Tensor, plan: RolePlan,
+        theta_grad: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """Tokens ``(B, T, E)``: each hidden layer's units in order, then one token per rest tensor."""
-        return self.encode_with_edges(theta_start, theta_noisy, plan)[0]
+        return self.encode_with_edges(theta_start, theta_noisy, plan, theta_grad)[0]
 
     def encode_with_edges(
-        self, theta_start: torch.Tensor, theta_noisy: torch.Tensor, plan: RolePlan
-    ) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]]]:
+        self, theta_start: torch.Tensor, theta_noisy: torch.Tensor, plan: RolePlan,
+        theta_grad: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]]]:  # fmt: skip
         """:meth:`encode`'s tokens and, per edge role, ``(layer a, layer b, features (B, n_a, n_b, W))``
-        of the weights between the two layers (what :class:`~gpt_params.model.EdgeMessages` passes along)."""
+        of the weights between the two layers (what :class:`~gpt_params.model.EdgeMessages` passes along).
+        ``theta_grad`` ``(B, D)``: the probe gradient, for a tokenizer built with ``inputs=3``."""
         if len(plan.units) > self.max_layers:
             raise ValueError(
                 f"a member with {len(plan.units)} hidden layers; this tokenizer takes {self.max_layers}"
             )
-
-        def pair(idx: torch.Tensor) -> torch.Tensor:
-            return torch.cat([theta_start[:, idx], theta_noisy[:, idx]], -1)  # (B, ..., 2F)
+        pair = self._reader(theta_start, theta_noisy, theta_grad)
 
         units = []
         for g, parts in enumerate(plan.units):
@@ -337,9 +360,11 @@ class RoleTokenizer(nn.Module):
         return torch.cat(units + rest, 1), edges
 
     def decode(
-        self, h: torch.Tensor, theta_start: torch.Tensor, theta_noisy: torch.Tensor, plan: RolePlan
-    ) -> torch.Tensor:
+        self, h: torch.Tensor, theta_start: torch.Tensor, theta_noisy: torch.Tensor, plan: RolePlan,
+        theta_grad: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """The change ``(B, D)`` predicted from tokens ``h`` ``(B, T, E)`` laid out as :meth:`encode`'s."""
+        pair = self._reader(theta_start, theta_noisy, theta_grad)
         out = theta_start.new_zeros(theta_start.shape)
         hs, at = [], 0
         for n in plan.sizes:
@@ -351,9 +376,7 @@ class RoleTokenizer(nn.Module):
         for role, ga, gb, idx in plan.edges:
             a = self.edge_a[role](hs[ga])[:, :, None]  # (B, n_a, 1, W)
             b = self.edge_b[role](hs[gb])[:, None]  # (B, 1, n_b, W)
-            x = self.edge_x[role](
-                torch.cat([theta_start[:, idx], theta_noisy[:, idx]], -1)
-            )  # (B, n_a, n_b, W)
+            x = self.edge_x[role](pair(idx))  # (B, n_a, n_b, W)
             change = self.edge_out[role](torch.nn.functional.gelu(a + b + x))  # (B, n_a, n_b, F)
             if self.edge_rank:
                 bsz, n_a, n_b, k = a.shape[0], hs[ga].shape[1], hs[gb].shape[1], self.edge_rank

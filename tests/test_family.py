@@ -250,6 +250,54 @@ def test_a_family_model_predicts_for_any_member_and_stays_equivariant(size_embed
         model(noisy, t, start, metric, prompt)
 
 
+def test_a_probe_gradient_model_is_equivariant_and_reads_each_roles_direction_not_its_scale():
+    fields = {"edge_messages": True, "message_norm": "sqrt", "block_messages": True, "edge_rank": 4}
+    model = random_family_model(True, grad_probes=8, **fields)
+    g = torch.Generator().manual_seed(3)
+    t, metric, prompt = torch.tensor([10, 700]), torch.zeros(2), torch.ones(2)
+    for hidden in [(5,), (9, 6)]:
+        task = get_task("mnist-mlp", hidden=hidden)
+        plan = plan_of(task)
+        noisy, start, grad = torch.randn(3, 2, task.layout.numel, generator=g)
+        with torch.no_grad():
+            out = model(noisy, t, start, metric, prompt, plan=plan, theta_grad=grad)
+            perms = random_perms(task.symmetries, 2, g)
+            p_noisy, p_start, p_grad, p_out = (
+                permute(v, task.layout, task.symmetries, perms) for v in (noisy, start, grad, out)
+            )
+            out_p = model(p_noisy, t, p_start, metric, prompt, plan=plan, theta_grad=p_grad)
+            # each role of each network rescaled by its own positive factor: the same prediction
+            scales = torch.rand(2, len(task.family), generator=g) * 100 + 0.01  # (B, roles)
+            out_s = model(
+                noisy, t, start, metric, prompt, plan=plan, theta_grad=grad * scales[:, plan.role_id]
+            )
+            out_other = model(noisy, t, start, metric, prompt, plan=plan, theta_grad=-grad)
+        torch.testing.assert_close(out_p, p_out, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out_s, out, rtol=1e-4, atol=1e-4)
+        assert (out_other - out).abs().max() > 1e-3  # the direction is read
+    with pytest.raises(ValueError, match="theta_grad="):
+        model(noisy, t, start, metric, prompt, plan=plan)
+    with pytest.raises(ValueError, match="without grad_probes"):
+        random_family_model(True)(noisy, t, start, metric, prompt, plan=plan, theta_grad=grad)
+
+
+@pytest.mark.parametrize("hidden", [(6,), (5, 3)])
+def test_probe_gradient_is_the_mean_cross_entropy_gradient_on_fixed_train_examples(hidden):
+    task = get_task("digits-mlp", hidden=hidden)
+    theta = torch.stack([task.flatten(task.build(s)) for s in (0, 1)])  # (2, D)
+    grad = task.probe_gradient(theta, 50, seed=4)
+    x, y = task.data.x["train"], task.data.y["train"]
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(4))[:50]
+    for b in range(2):
+        net = task.to_module(theta[b])
+        torch.nn.functional.cross_entropy(net(x[pick]), y[pick]).backward()
+        want = torch.cat([p.grad.flatten() for p in net.parameters()])
+        torch.testing.assert_close(grad[b], want, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(grad, task.probe_gradient(theta, 50, seed=5))  # other examples
+    with pytest.raises(ValueError, match="probe examples"):
+        task.probe_gradient(theta, 10**6)
+
+
 def test_the_size_embedding_tells_a_layer_of_repeated_units_from_the_original():
     """Attention averages over a layer's unit tokens: a width-8 layer that repeats each unit of a width-4
     one changes only the units' share of attention against the output-bias token. The size embedding

@@ -226,6 +226,33 @@ def test_a_family_member_zoo_trains_exports_and_steps_that_member(tmp_path):
     assert [p.shape for p in stepped.parameters()] == [p.shape for p in net.parameters()]
 
 
+def test_a_probe_gradient_family_model_trains_and_steps_members_with_and_without_guidance(tmp_path):
+    import torch
+
+    from gpt_params.export import load_export
+    from gpt_params.optimizer import LearnedOptimizer
+    from gpt_params.tasks import get_task
+
+    zoo = harvest_mixed(tmp_path / "mixed.h5", runs=8, ckpts_per_run=3, cohort_size=4)
+    out = tmp_path / "run"
+    run(["--zoo", str(zoo), "--out", str(out), "--max-steps", "2", "--grad-probes", "16", *TINY[:-4]])
+    exp = load_export(out)
+    assert exp.model.config.grad_probes == 16
+    member = get_task("digits-mlp", hidden=(3, 4))
+    net = member.build(0)
+    for guidance in (1.0, 2.0):  # guidance doubles the batch the gradient goes with
+        opt = LearnedOptimizer(exp, member)
+        stepped = opt.step(
+            net, opt.best_prompt, guidance_scale=guidance, generator=torch.Generator().manual_seed(0)
+        )
+        assert [p.shape for p in stepped.parameters()] == [p.shape for p in net.parameters()]
+    for flag, message in [("-1", "expected 0 (none)"), ("100000", "probe examples asked for")]:
+        bad = run_script(
+            SCRIPT, "--zoo", zoo, "--out", tmp_path / "x", "--grad-probes", flag, "--max-steps", "1"
+        )
+        assert bad.returncode == 1 and message in bad.stderr, bad.stderr
+
+
 def test_a_mixed_zoo_trains_one_family_model_that_steps_any_member(tmp_path):
     import torch
 

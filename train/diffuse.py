@@ -88,6 +88,11 @@ class TrainConfig:
         "a mixed zoo's model: rank of a bilinear term, sum_k p_k(unit a) q_k(unit b), in the decoder of the "
         "weights between the hidden layers (0: the additive head alone, the ablation)",
     )
+    grad_probes: int = opt(
+        0,
+        "a mixed zoo's model: its tokens also read the gradient of the training loss at theta_start on this "
+        "many fixed training examples (Task.probe_gradient; 0: none)",
+    )
     balance_roles: bool = opt(
         True,
         "a mixed zoo: weigh each tensor role (first-layer weights, output bias, ...) equally in the loss, "
@@ -354,6 +359,8 @@ def main() -> None:
         )
     if cfg.message_norm not in MESSAGE_NORMS:
         fail(f"--message-norm {cfg.message_norm!r}; expected {' or '.join(MESSAGE_NORMS)}")
+    if cfg.grad_probes < 0:
+        fail(f"--grad-probes {cfg.grad_probes}; expected 0 (none) or a number of training examples")
     if cfg.edge_rank < 0:
         fail(f"--edge-rank {cfg.edge_rank}; expected 0 (the additive head alone) or a positive rank")
     if not cfg.t_power > 0:
@@ -378,7 +385,16 @@ def main() -> None:
             mcfg.tokenizer = "role"
         mcfg.size_embedding, mcfg.edge_messages = cfg.size_embedding, cfg.edge_messages
         mcfg.message_norm, mcfg.block_messages = cfg.message_norm, cfg.block_messages
-        mcfg.edge_rank = cfg.edge_rank
+        mcfg.edge_rank, mcfg.grad_probes = cfg.edge_rank, cfg.grad_probes
+        if cfg.grad_probes:
+            try:  # the task has training examples and enough of them
+                task.probe_gradient(torch.zeros(1, task.layout.numel), cfg.grad_probes)
+            except (ValueError, NotImplementedError) as e:
+                fail(f"--grad-probes {cfg.grad_probes}: {e}")
+    elif cfg.grad_probes:
+        fail(
+            f"--grad-probes {cfg.grad_probes}: a mixed zoo's option (harvest --architectures mixed); this zoo holds one architecture"
+        )
     elif mcfg.tokenizer == "role":
         fail(
             "--tokenizer role serves a mixed zoo (harvest --architectures mixed); this zoo holds one architecture"
@@ -414,7 +430,9 @@ def main() -> None:
         normalizer, clamp = fit_normalizer(zoo, train_rows, cfg.normalize == "per_tensor", cfg.seed)
     members = {}  # a mixed zoo: member -> (its task, its normaliser)
     if zoo.mixed:
-        members = {m: zoo.make_task(member=m) for m in range(len(zoo.members))}
+        _ = task.data  # loaded once, shared by every member (probe examples, --grad-probes)
+        members = {m: zoo.member_options[m].get("hidden") for m in range(len(zoo.members))}
+        members = {m: task if h is None else task.member(h) for m, h in members.items()}
         members = {m: (t, normalizer.for_member(t.layout, t.roles, t.fan_in)) for m, t in members.items()}
     output_loss = None
     if cfg.output_weight:
@@ -516,7 +534,13 @@ def main() -> None:
         denoiser, out_loss, weight = model, output_loss, None
         if plans:  # a mixed zoo: this batch's member
             member = int(batch["member"])
-            denoiser = functools.partial(model, plan=plans[member])
+            grad = {}
+            if mcfg.grad_probes:  # the data's pull at each start, as LearnedOptimizer.step computes it
+                net, norm = members[member]
+                grad["theta_grad"] = net.probe_gradient(
+                    norm.denormalize(batch["theta_start"]), mcfg.grad_probes
+                )
+            denoiser = functools.partial(model, plan=plans[member], **grad)
             out_loss = output_loss and functools.partial(output_loss, member=member)
             weight = balance.get(member)
         with acc.accumulate(model):

@@ -200,6 +200,11 @@ class Task(ABC):
         whose inputs depend on the policy (states an RL policy visits)."""
         raise NotImplementedError(f"task {self.name!r} defines no probe inputs for a critic")
 
+    def probe_gradient(self, theta: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+        """The gradient ``(B, D)`` of the training loss of each network ``theta`` ``(B, D)`` on ``n`` fixed
+        training examples drawn with ``seed``: what a family model with ``grad_probes`` sees of the data."""
+        raise NotImplementedError(f"task {self.name!r} defines no training-loss gradient on probe examples")
+
     def outputs(self, theta: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
         """Outputs ``(B, S, O)`` of the networks ``theta`` ``(B, D)`` on the inputs ``(S, ...)``,
         differentiable in ``theta`` (the function-space training term uses the gradient)."""

@@ -311,6 +311,20 @@ class SupervisedTask(Task):
             raise ValueError(f"{n} probe inputs asked for; the train split has {len(x)}")
         return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]].clone()
 
+    def probe_gradient(self, theta: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+        """The gradient ``(B, D)`` of the mean cross-entropy of each network ``theta`` ``(B, D)`` on ``n``
+        train-split examples drawn with ``seed`` (the first ``n`` of :meth:`probe_inputs`' permutation)."""
+        x, y = self.data_on(theta.device).x["train"], self.data_on(theta.device).y["train"]
+        if not 0 < n <= len(x):
+            raise ValueError(f"{n} probe examples asked for; the train split has {len(x)}")
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].to(x.device)
+        with torch.enable_grad():
+            theta = theta.detach().float().requires_grad_(True)
+            logits = self.logits(self.layout.unflatten(theta), x[pick], shared=True)  # (B, C, n)
+            loss = F.cross_entropy(logits, y[pick].expand(theta.shape[0], n), reduction="sum") / n
+            (grad,) = torch.autograd.grad(loss, theta)
+        return grad  # (B, D): row b is d mean_n CE(net b) / d theta_b
+
     def outputs(self, theta: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
         return self.logits(self.layout.unflatten(theta), probes, shared=True).transpose(1, 2)  # (B, S, C)
 
