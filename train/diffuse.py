@@ -430,7 +430,8 @@ def main() -> None:
         normalizer, clamp = fit_normalizer(zoo, train_rows, cfg.normalize == "per_tensor", cfg.seed)
     members = {}  # a mixed zoo: member -> (its task, its normaliser)
     if zoo.mixed:
-        _ = task.data  # loaded once, shared by every member (probe examples, --grad-probes)
+        if cfg.output_weight or cfg.grad_probes:  # their examples: loaded once, shared by every member
+            _ = task.data
         members = {m: zoo.member_options[m].get("hidden") for m in range(len(zoo.members))}
         members = {m: task if h is None else task.member(h) for m, h in members.items()}
         members = {m: (t, normalizer.for_member(t.layout, t.roles, t.fan_in)) for m, t in members.items()}
