@@ -10,7 +10,7 @@
 #   TASK=digits-mlp HARVEST_PRESET=gpt ...: the scikit-learn digits family 64 -> h1 (-> h2) -> 10 instead of MNIST's
 #     784 -> ... (zoos $DATA/$TASK-family.h5 and $DATA/$TASK-h64.h5; the specialist $TASK-loss), its zoo trained by
 #     SGD as the digits specialist's was (in 250 steps, Adam at lr 1e-3 leaves most digits nets far from trained);
-#     with RUNS=15744 DATA=data/digits16k MINUTES=50 HARVEST_MINUTES=25, the shipped digits-mlp-family-loss (digits
+#     with RUNS=31488 DATA=data/digits32k MINUTES=50 HARVEST_MINUTES=40, the shipped digits-mlp-family-loss (digits
 #     runs are cheap: on 4,000 runs the narrow members, drawn most often, overfit their ~100 runs each)
 #   OUTPUT_WEIGHT=1 EVAL_EVERY=250 ...: with the function-space term and validation R^2 of the narrowest,
 #     middle and widest members with val runs in train.log
