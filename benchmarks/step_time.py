@@ -4,7 +4,8 @@
         --attention explicit fused --edge-width 64 16 --batch-params 8388608 2097152
 
 For each member, attention path, edge width and batch size in parameters: a ``--preset`` model
-(``--width``/``--depth`` overrides as ``train/diffuse.py`` takes them) on the ``mnist-mlp`` family, one
+(``--width``/``--depth`` overrides as ``train/diffuse.py`` takes them) on the ``--task`` family (``mnist-mlp``,
+or ``digits-mlp``: 64 inputs instead of 784), one
 optimiser step as ``train/diffuse.py`` takes it (bf16 autocast, role-balanced loss, ``--t-power``
 timesteps; random pairs, no function-space term) on a batch of
 ``min(batch_size, max(16, min(batch_params // D, batch_units // units)))`` pairs, as ``train/diffuse.py
@@ -53,10 +54,11 @@ def step_fn(
     batch_size: int = 256,
     mixed_precision: str = "bf16",
     batch_units: int = 0,
+    task_name: str = "mnist-mlp",
 ) -> tuple[Callable[[], None], int, int]:
     """One optimiser step of ``model`` on a random batch of member ``hidden``, as ``train/diffuse.py`` takes
     it; returns the step, the pairs per batch and the member's parameters."""
-    task = get_task("mnist-mlp", hidden=hidden)
+    task = get_task(task_name, hidden=hidden)
     plan = role_plan(task.layout, task.symmetries, task.roles, task.family)
     d = task.layout.numel
     b = pairs_per_batch(d, sum(hidden), batch_size, batch_params, batch_units)
@@ -78,9 +80,11 @@ def step_fn(
     return one_step, b, d
 
 
-def new_model(cfg: ModelConfig, seed: int) -> tuple[ParamDiffusionTransformer, torch.optim.Optimizer]:
+def new_model(
+    cfg: ModelConfig, seed: int, task_name: str = "mnist-mlp"
+) -> tuple[ParamDiffusionTransformer, torch.optim.Optimizer]:
     torch.manual_seed(seed)
-    model = ParamDiffusionTransformer(None, (), cfg, DiffusionConfig(), family=get_task("mnist-mlp").family)
+    model = ParamDiffusionTransformer(None, (), cfg, DiffusionConfig(), family=get_task(task_name).family)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 
@@ -95,10 +99,12 @@ def step_time(
     batch_size: int = 256,
     mixed_precision: str = "bf16",
     batch_units: int = 0,
+    task_name: str = "mnist-mlp",
 ) -> dict:
     one_step, b, d = step_fn(
-        *new_model(cfg, seed), hidden, t_power, seed, batch_params, batch_size, mixed_precision, batch_units
-    )
+        *new_model(cfg, seed, task_name), hidden, t_power, seed, batch_params, batch_size, mixed_precision,
+        batch_units, task_name,
+    )  # fmt: skip
     Block.fused_on_cpu = attention == "fused"
     try:
         one_step()  # warm-up
@@ -109,7 +115,7 @@ def step_time(
     finally:
         Block.fused_on_cpu = False
     return {
-        "hidden": list(hidden), "attention": attention, "edge_width": cfg.edge_width,
+        "task": task_name, "hidden": list(hidden), "attention": attention, "edge_width": cfg.edge_width,
         "edge_messages": cfg.edge_messages, "block_messages": cfg.block_messages, "edge_rank": cfg.edge_rank,
         "mixed_precision": mixed_precision, "params": d,
         "batch_params": batch_params, "batch_units": batch_units, "pairs": b,
@@ -118,13 +124,19 @@ def step_time(
 
 
 def mixing_cost(
-    members: list[tuple[int, ...]], cfg: ModelConfig, rounds: int, t_power: float, seed: int, **batch
+    members: list[tuple[int, ...]],
+    cfg: ModelConfig,
+    rounds: int,
+    t_power: float,
+    seed: int,
+    task_name: str = "mnist-mlp",
+    **batch,
 ) -> dict:
     """One model's steps over ``members``, ``rounds`` each (after one warm-up step each): round-robin, a
     new member every step as training on a mixed zoo meets them, against each member's steps back to back.
     The same steps in both orders, so the ratio is what changing shape every step costs."""
-    model, opt = new_model(cfg, seed)
-    steps = [step_fn(model, opt, h, t_power, seed, **batch)[0] for h in members]
+    model, opt = new_model(cfg, seed, task_name)
+    steps = [step_fn(model, opt, h, t_power, seed, **batch, task_name=task_name)[0] for h in members]
     for one_step in steps:
         one_step()  # warm-up
     seconds = {}
@@ -149,6 +161,7 @@ def mixing_cost(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="mnist-mlp", choices=["mnist-mlp", "digits-mlp"], help="the MLP family")
     p.add_argument("--hidden", nargs="+", default=["4", "10", "64", "256", "32,16", "128,128", "227,198"])
     p.add_argument("--attention", nargs="+", default=["explicit", "fused"], choices=["explicit", "fused"])
     p.add_argument("--edge-width", type=int, nargs="+", default=[16], help="0: the preset's")
@@ -204,7 +217,7 @@ def main() -> None:
     members = [hidden_or_exit(h) for h in a.hidden]
     try:
         for hidden in members:
-            get_task("mnist-mlp", hidden=hidden)
+            get_task(a.task, hidden=hidden)
     except GptParamsError as e:
         raise fail(str(e)) from None
     if (
@@ -243,7 +256,7 @@ def main() -> None:
             Block.fused_on_cpu = a.attention[0] == "fused"
             try:
                 row = mixing_cost(
-                    members, cfg, a.mix, a.t_power, a.seed, batch_params=a.batch_params[0],
+                    members, cfg, a.mix, a.t_power, a.seed, a.task, batch_params=a.batch_params[0],
                     batch_size=a.batch_size, mixed_precision=a.mixed_precision, batch_units=a.batch_units,
                 )  # fmt: skip
             finally:
@@ -264,6 +277,7 @@ def main() -> None:
                         a.batch_size,
                         a.mixed_precision,
                         a.batch_units,
+                        a.task,
                     )
                     print(json.dumps(row), flush=True)
 

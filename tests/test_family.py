@@ -970,6 +970,14 @@ def test_step_time_reports_each_member_attention_path_edge_width_and_batch():
     ]  # fmt: skip
     assert rows[0]["params"] == 784 * 3 + 3 + 3 * 10 + 10 and rows[0]["pairs"] == 256
     assert all(r["s_per_step"] > 0 and r["params_per_s"] > 0 for r in rows)
+    res = run_script(script, *tiny, "--task", "digits-mlp", "--hidden", "3", "4,2", "--attention", "explicit")
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(r["task"], r["hidden"], r["params"]) for r in rows] == [
+        ("digits-mlp", [3], 64 * 3 + 3 + 3 * 10 + 10), ("digits-mlp", [4, 2], 64 * 4 + 4 + 4 * 2 + 2 + 2 * 10 + 10)
+    ]  # fmt: skip
+    res = run_script(script, *tiny, "--task", "cifar10-cnn", "--hidden", "3")
+    assert res.returncode != 0 and "cifar10-cnn" in res.stderr
     res = run_script(
         script,
         *tiny,
