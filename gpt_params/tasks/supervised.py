@@ -309,15 +309,16 @@ class SupervisedTask(Task):
         x = self.data.x["train"]
         if n > len(x):
             raise ValueError(f"{n} probe inputs asked for; the train split has {len(x)}")
-        return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]].clone()
+        return x[_probe_pick(len(x), n, seed)].clone()
 
     def probe_gradient(self, theta: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
         """The gradient ``(B, D)`` of the mean cross-entropy of each network ``theta`` ``(B, D)`` on ``n``
         train-split examples drawn with ``seed`` (the first ``n`` of :meth:`probe_inputs`' permutation)."""
-        x, y = self.data_on(theta.device).x["train"], self.data_on(theta.device).y["train"]
+        data = self.data_on(theta.device)
+        x, y = data.x["train"], data.y["train"]
         if not 0 < n <= len(x):
             raise ValueError(f"{n} probe examples asked for; the train split has {len(x)}")
-        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].to(x.device)
+        pick = _probe_pick(len(x), n, seed).to(x.device)
         with torch.enable_grad():
             theta = theta.detach().float().requires_grad_(True)
             logits = self.logits(self.layout.unflatten(theta), x[pick], shared=True)  # (B, C, n)
@@ -415,6 +416,12 @@ def mlp_member_of(family: str, n_in: int, params, n_out: int = 10) -> tuple[int,
             f"a net {weights[0].shape[1]} -> ... -> {weights[-1].shape[0]} is not a member of the {family} family: {what}"
         )
     return mlp_hidden(family, tuple(int(w.shape[0]) for w in weights[:-1]))
+
+
+def _probe_pick(size: int, n: int, seed: int) -> torch.Tensor:
+    """The first ``n`` of a ``seed``-ed permutation of ``size`` train-split indices: the examples that
+    :meth:`SupervisedTask.probe_inputs` and :meth:`SupervisedTask.probe_gradient` share."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n]
 
 
 # ``gpt-params harvest --architectures mixed`` over an MLP family: each cohort draws one member, with
