@@ -165,6 +165,12 @@ class PairStream(IterableDataset):
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_task"}  # workers look the task up anew
 
+    def runs_of(self, member: int) -> int:
+        """Runs a batch of ``member`` reads: ``runs_per_step``, or one per ``pairs_per_run`` of its pairs where
+        that is more; never more than the member's train runs."""
+        want = max(self.runs_per_step, -(-self.batch_of(member) // self.pairs_per_run))
+        return min(want, len(self.rows[member]))
+
     @cached_property
     def _task(self):
         """The task, for its metric normalisation: looked up in the process that draws batches (a task
@@ -241,7 +247,8 @@ class MemberPairStream(IterableDataset):
     draws a member with probability proportional to its train runs (times its hidden units to the power
     ``-member_power``: 0 keeps draws proportional to runs, 0.5 gives a 784-4-10 member 8 times the draws per run
     of a 784-256-10 one, whose steps cost several times as much), reads ``runs_per_step`` of its
-    runs and draws the pairs from them as :class:`PairStream` does, reading only the checkpoints the pairs
+    runs (more for a batch of more than ``runs_per_step * pairs_per_run`` pairs: one run per ``pairs_per_run``
+    pairs, so large batches of narrow members are not drawn from a few runs) and draws the pairs from them as :class:`PairStream` does, reading only the checkpoints the pairs
     use. Yields what :class:`PairStream`
     yields plus ``member`` (the zoo's member index). Everything a step draws is a function of
     ``(seed, s)``, so a resumed training sees the stream an uninterrupted one would.
@@ -270,7 +277,10 @@ class MemberPairStream(IterableDataset):
         min_batch: int = 16,
         batch_units: int = 0,
         member_power: float = 0.0,
+        pairs_per_run: int = 32,
     ) -> None:
+        if pairs_per_run < 1:
+            raise ValueError(f"pairs_per_run {pairs_per_run}; expected a positive number of pairs")
         self.members = np.array(sorted(m for m, r in rows_by_member.items() if len(r)))
         if len(self.members) == 0:
             raise ValueError("no runs to draw training pairs from")
@@ -284,6 +294,7 @@ class MemberPairStream(IterableDataset):
         self.normalizers, self.layouts, self.groups = normalizers, layouts, groups
         self.seed, self.start_step, self.runs_per_step = seed, start_step, runs_per_step
         self.batch_params, self.min_batch, self.batch_units = batch_params, min_batch, batch_units
+        self.pairs_per_run = pairs_per_run
 
     def batch_of(self, member: int) -> int:
         """Pairs in a batch of ``member``: ``batch_size``, fewer for a member too large for ``batch_params``
@@ -296,6 +307,12 @@ class MemberPairStream(IterableDataset):
             self.batch_units,
             self.min_batch,
         )
+
+    def runs_of(self, member: int) -> int:
+        """Runs a batch of ``member`` reads: ``runs_per_step``, or one per ``pairs_per_run`` of its pairs where
+        that is more; never more than the member's train runs."""
+        want = max(self.runs_per_step, -(-self.batch_of(member) // self.pairs_per_run))
+        return min(want, len(self.rows[member]))
 
     @cached_property
     def _task(self):
@@ -317,9 +334,7 @@ class MemberPairStream(IterableDataset):
             if (step - self.start_step) % n_workers == worker:
                 m = self.member_at(step)
                 g = _rng(self.seed, 6, step)
-                runs = np.sort(
-                    g.choice(self.rows[m], min(self.runs_per_step, len(self.rows[m])), replace=False)
-                )
+                runs = np.sort(g.choice(self.rows[m], self.runs_of(m), replace=False))
                 # only the checkpoints the pairs use: a wide member's few pairs need a few of its runs' rows
                 batch = draw_pairs(
                     g, partial(read_pair_ends, zoo, runs), metric_all[runs], self.batch_of(m), self.cfg,

@@ -503,13 +503,19 @@ def test_member_pairs_come_from_one_member_per_batch_and_resume_exactly(tmp_path
     for step, b in enumerate(batches):
         m = ref.member_at(step)
         g = _rng(ref.seed, 6, step)
-        runs = np.sort(g.choice(ref.rows[m], min(ref.runs_per_step, len(ref.rows[m])), replace=False))
+        runs = np.sort(g.choice(ref.rows[m], ref.runs_of(m), replace=False))
         whole = draw_pairs(
             g, np.stack([zoo.params(int(r)) for r in runs]), zoo.metrics["val_loss"][runs], ref.batch_of(m),
             ref.cfg, ref.normalizers[m], ref.layouts[m], ref.groups[m], ref._task,
         )  # fmt: skip
         for key, value in whole.items():
             np.testing.assert_array_equal(b[key].numpy(), value.numpy())
+    assert all(ref.runs_of(m) == min(2, len(ref.rows[m])) for m in tasks)  # 5 pairs: runs_per_step
+    wide = stream(0, pairs_per_run=1)  # a run per pair: 5 runs where the member has them
+    assert all(wide.runs_of(m) == min(5, len(wide.rows[m])) for m in tasks)
+    assert any(wide.runs_of(m) > 2 for m in tasks)
+    with pytest.raises(ValueError, match="pairs_per_run 0"):
+        stream(0, pairs_per_run=0)
     row = int(zoo.runs_of_member(0)[0])
     for ks in ([0], [0, 2], [0, 1, 2]):
         np.testing.assert_array_equal(zoo.checkpoints(row, np.array(ks)), zoo.params(row)[ks])
