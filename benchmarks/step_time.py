@@ -18,6 +18,13 @@ one warm-up), parameters and pairs per second. Run it alone on the machine.
     python benchmarks/step_time.py --hidden 4 10 24 64 256 32,16 128,128 227,198 --attention explicit \
         --mixed-precision no --mix 3
 
+``--single`` also times, on each member, the one-architecture model ``train/diffuse.py`` trains on a zoo of that
+member alone (the preset's ``neuron`` tokenizer, plain MSE) with the same batch: rows with ``"model": "single"``
+beside the family model's ``"model": "family"``, so the two models' step costs compare per parameter.
+
+    python benchmarks/step_time.py --task digits-mlp --hidden 4 64 --attention explicit --mixed-precision bf16 \
+        --batch-units 0 --steps 5 --single
+
 ``--mix ROUNDS`` asks instead what mixing architectures costs: one model takes the members' steps round-robin,
 a new shape every step as on a mixed zoo, and the same steps member by member, back to back; one JSON line with
 seconds per step in each order and their ratio.
@@ -56,17 +63,19 @@ def step_fn(
     batch_units: int = 0,
     task_name: str = "mnist-mlp",
 ) -> tuple[Callable[[], None], int, int]:
-    """One optimiser step of ``model`` on a random batch of member ``hidden``, as ``train/diffuse.py`` takes
-    it; returns the step, the pairs per batch and the member's parameters."""
+    """One optimiser step of ``model`` (a family model, or a one-architecture model of member ``hidden``) on
+    a random batch of member ``hidden``, as ``train/diffuse.py`` takes it; returns the step, the pairs per
+    batch and the member's parameters."""
     task = get_task(task_name, hidden=hidden)
-    plan = role_plan(task.layout, task.symmetries, task.roles, task.family)
     d = task.layout.numel
     b = pairs_per_batch(d, sum(hidden), batch_size, batch_params, batch_units)
     g = torch.Generator().manual_seed(seed)
     start, future = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)  # (B, D)
     metric, prompt = torch.randn(b, generator=g), torch.randn(b, generator=g)  # (B,)
-    denoiser = functools.partial(model, plan=plan)
-    weight, sched = role_balance(plan.role_id), train_scheduler(DiffusionConfig())
+    sched, denoiser, weight = train_scheduler(DiffusionConfig()), model, None  # one architecture: plain MSE
+    if model.family is not None:  # the member's plan; each tensor role weighs the same
+        plan = role_plan(task.layout, task.symmetries, task.roles, task.family)
+        denoiser, weight = functools.partial(model, plan=plan), role_balance(plan.role_id)
 
     def one_step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
@@ -81,10 +90,17 @@ def step_fn(
 
 
 def new_model(
-    cfg: ModelConfig, seed: int, task_name: str = "mnist-mlp"
+    cfg: ModelConfig, seed: int, task_name: str = "mnist-mlp", single: tuple[int, ...] | None = None
 ) -> tuple[ParamDiffusionTransformer, torch.optim.Optimizer]:
+    """The family model of ``cfg``, or with ``single`` (a member's hidden widths) the one-architecture model
+    of the same sizes that a zoo of that member alone trains (the ``neuron`` tokenizer)."""
     torch.manual_seed(seed)
-    model = ParamDiffusionTransformer(None, (), cfg, DiffusionConfig(), family=get_task(task_name).family)
+    if single is None:
+        model = ParamDiffusionTransformer(None, (), cfg, DiffusionConfig(), family=get_task(task_name).family)
+    else:
+        task = get_task(task_name, hidden=single)
+        one = ModelConfig(**{**cfg.to_dict(), "tokenizer": "neuron"})  # family-only fields go unused
+        model = ParamDiffusionTransformer(task.layout, task.symmetries, one, DiffusionConfig())
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 
@@ -100,11 +116,12 @@ def step_time(
     mixed_precision: str = "bf16",
     batch_units: int = 0,
     task_name: str = "mnist-mlp",
+    single: bool = False,
 ) -> dict:
+    model = new_model(cfg, seed, task_name, hidden if single else None)
     one_step, b, d = step_fn(
-        *new_model(cfg, seed, task_name), hidden, t_power, seed, batch_params, batch_size, mixed_precision,
-        batch_units, task_name,
-    )  # fmt: skip
+        *model, hidden, t_power, seed, batch_params, batch_size, mixed_precision, batch_units, task_name
+    )
     Block.fused_on_cpu = attention == "fused"
     try:
         one_step()  # warm-up
@@ -115,7 +132,8 @@ def step_time(
     finally:
         Block.fused_on_cpu = False
     return {
-        "task": task_name, "hidden": list(hidden), "attention": attention, "edge_width": cfg.edge_width,
+        "task": task_name, "model": "single" if single else "family", "hidden": list(hidden),
+        "attention": attention, "edge_width": cfg.edge_width,
         "edge_messages": cfg.edge_messages, "block_messages": cfg.block_messages, "edge_rank": cfg.edge_rank,
         "mixed_precision": mixed_precision, "params": d,
         "batch_params": batch_params, "batch_units": batch_units, "pairs": b,
@@ -207,6 +225,11 @@ def main() -> None:
         help="instead: one model's steps over the members round-robin against back to back, ROUNDS each "
         "(the first --attention, --edge-width and --batch-params); one JSON line",
     )
+    p.add_argument(
+        "--single",
+        action="store_true",
+        help="also time each member's one-architecture model (neuron tokenizer) on the same batch",
+    )
     p.add_argument("--preset", default="small", choices=list(PRESETS))
     p.add_argument("--width", type=int, default=128, help="0: the preset's")
     p.add_argument("--depth", type=int, default=4, help="0: the preset's")
@@ -266,20 +289,12 @@ def main() -> None:
         for bp in a.batch_params:
             for hidden in members:
                 for attention in a.attention:
-                    row = step_time(
-                        hidden,
-                        cfg,
-                        attention,
-                        a.steps,
-                        a.t_power,
-                        a.seed,
-                        bp,
-                        a.batch_size,
-                        a.mixed_precision,
-                        a.batch_units,
-                        a.task,
-                    )
-                    print(json.dumps(row), flush=True)
+                    for single in (False, True) if a.single else (False,):
+                        row = step_time(
+                            hidden, cfg, attention, a.steps, a.t_power, a.seed, bp, a.batch_size,
+                            a.mixed_precision, a.batch_units, a.task, single,
+                        )  # fmt: skip
+                        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

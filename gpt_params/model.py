@@ -189,17 +189,24 @@ class EdgeMessages(nn.Module):
     ) -> torch.Tensor:
         """``x`` (B, T, E) tokens laid out as :meth:`RoleTokenizer.encode`'s, ``c`` (B, E) the conditioning,
         ``edges`` from :meth:`RoleTokenizer.encode_with_edges`, ``sizes`` the hidden layers' widths."""
+        gate = self.gate(c)[:, None]  # (B, 1, E)
+        if not edges:  # one hidden layer: every message is zero, and out() of zero is its bias
+            return x + gate * self.out.bias
+        n = sum(sizes)
         starts = [sum(sizes[:g]) for g in range(len(sizes))]
-        h = self.v(self.norm(x))  # (B, T, 2W)
+        h = self.v(self.norm(x[:, :n]))  # (B, n, 2W): the unit tokens, the only ones that send
         w = h.shape[-1] // 2
-        msg = [h.new_zeros(h.shape[0], n, w) for n in sizes]  # per hidden layer (B, n_g, W)
+        msg = [h.new_zeros(h.shape[0], n_g, w) for n_g in sizes]  # per hidden layer (B, n_g, W)
         for ga, gb, e in edges:
             va = h[:, starts[ga] : starts[ga] + sizes[ga], :w]  # (B, n_a, W)
             vb = h[:, starts[gb] : starts[gb] + sizes[gb], w:]  # (B, n_b, W)
             to_a, to_b = edge_messages(e.to(h.dtype), va, vb, "sqrt")
             msg[ga], msg[gb] = msg[ga] + to_a, msg[gb] + to_b
-        rest = h.new_zeros(h.shape[0], x.shape[1] - sum(sizes), w)  # (B, T_rest, W): no message
-        return x + self.gate(c)[:, None] * self.out(torch.cat([*msg, rest], 1))
+        out = self.out(torch.cat(msg, 1))  # (B, n, E)
+        rest = self.out.bias.to(out.dtype).expand(
+            x.shape[0], x.shape[1] - n, -1
+        )  # (B, T_rest, E): no message
+        return x + gate * torch.cat([out, rest], 1)
 
 
 class ParamDiffusionTransformer(nn.Module):

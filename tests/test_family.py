@@ -250,6 +250,36 @@ def test_a_family_model_predicts_for_any_member_and_stays_equivariant(size_embed
         model(noisy, t, start, metric, prompt)
 
 
+def test_block_messages_reach_only_unit_tokens_and_equal_the_dense_formula():
+    """EdgeMessages computes messages on the hidden units' tokens alone and gives every other token (and, with
+    one hidden layer, every token) out()'s bias, as running out() on a zero message would."""
+    from gpt_params.model import EdgeMessages
+    from gpt_params.tokenizers import edge_messages
+
+    torch.manual_seed(0)
+    block = EdgeMessages(16, 4)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+
+    def dense(x, c, edges, sizes):  # messages computed for every token, zeros where none arrive
+        h = block.v(block.norm(x))  # (B, T, 2W)
+        msg = torch.zeros(x.shape[0], x.shape[1], 4)
+        starts = [0, sizes[0]]
+        for ga, gb, e in edges:
+            va = h[:, starts[ga] : starts[ga] + sizes[ga], :4]
+            vb = h[:, starts[gb] : starts[gb] + sizes[gb], 4:]
+            to_a, to_b = edge_messages(e, va, vb, "sqrt")
+            msg[:, starts[ga] : starts[ga] + sizes[ga]] += to_a
+            msg[:, starts[gb] : starts[gb] + sizes[gb]] += to_b
+        return x + block.gate(c)[:, None] * block.out(msg)
+
+    c = torch.randn(3, 16)
+    for sizes, edges in [([5], []), ([5, 3], [(0, 1, torch.randn(3, 5, 3, 4))])]:
+        x = torch.randn(3, sum(sizes) + 2, 16)  # the hidden units' tokens, then two rest tokens
+        with torch.no_grad():
+            torch.testing.assert_close(block(x, c, edges, sizes), dense(x, c, edges, sizes))
+
+
 def test_a_probe_gradient_model_is_equivariant_and_reads_each_roles_direction_not_its_scale():
     fields = {"edge_messages": True, "message_norm": "sqrt", "block_messages": True, "edge_rank": 4}
     model = random_family_model(True, grad_probes=8, **fields)
@@ -981,6 +1011,14 @@ def test_step_time_reports_each_member_attention_path_edge_width_and_batch():
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert [(r["task"], r["hidden"], r["params"]) for r in rows] == [
         ("digits-mlp", [3], 64 * 3 + 3 + 3 * 10 + 10), ("digits-mlp", [4, 2], 64 * 4 + 4 + 4 * 2 + 2 + 2 * 10 + 10)
+    ]  # fmt: skip
+    res = run_script(
+        script, *tiny, "--task", "digits-mlp", "--hidden", "3", "--attention", "explicit", "--single"
+    )
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]  # the family model, then member 3's own
+    assert [(r["model"], r["hidden"], r["params"], r["pairs"]) for r in rows] == [
+        ("family", [3], 235, 256), ("single", [3], 235, 256)
     ]  # fmt: skip
     res = run_script(script, *tiny, "--task", "cifar10-cnn", "--hidden", "3")
     assert res.returncode != 0 and "cifar10-cnn" in res.stderr
