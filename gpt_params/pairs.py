@@ -165,12 +165,6 @@ class PairStream(IterableDataset):
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_task"}  # workers look the task up anew
 
-    def runs_of(self, member: int) -> int:
-        """Runs a batch of ``member`` reads: ``runs_per_step``, or one per ``pairs_per_run`` of its pairs where
-        that is more; never more than the member's train runs."""
-        want = max(self.runs_per_step, -(-self.batch_of(member) // self.pairs_per_run))
-        return min(want, len(self.rows[member]))
-
     @cached_property
     def _task(self):
         """The task, for its metric normalisation: looked up in the process that draws batches (a task
@@ -246,10 +240,10 @@ class MemberPairStream(IterableDataset):
     """Batches of a mixed-architecture zoo, each from one family member (so one shape): step ``s``
     draws a member with probability proportional to its train runs (times its hidden units to the power
     ``-member_power``: 0 keeps draws proportional to runs, 0.5 gives a 784-4-10 member 8 times the draws per run
-    of a 784-256-10 one, whose steps cost several times as much), reads ``runs_per_step`` of its
-    runs (more for a batch of more than ``runs_per_step * pairs_per_run`` pairs: one run per ``pairs_per_run``
-    pairs, so large batches of narrow members are not drawn from a few runs) and draws the pairs from them as :class:`PairStream` does, reading only the checkpoints the pairs
-    use. Yields what :class:`PairStream`
+    of a 784-256-10 one, whose steps cost several times as much), reads ``runs_per_step`` of its runs (more
+    for a batch of more than ``runs_per_step * pairs_per_run`` pairs: one run per ``pairs_per_run`` pairs, so
+    large batches of narrow members are not drawn from a few runs) and draws the pairs from them as
+    :class:`PairStream` does, reading only the checkpoints the pairs use. Yields what :class:`PairStream`
     yields plus ``member`` (the zoo's member index). Everything a step draws is a function of
     ``(seed, s)``, so a resumed training sees the stream an uninterrupted one would.
 

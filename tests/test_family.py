@@ -530,20 +530,21 @@ def test_member_pairs_come_from_one_member_per_batch_and_resume_exactly(tmp_path
     from gpt_params.pairs import _rng, draw_pairs
 
     ref = stream(0)
-    for step, b in enumerate(batches):
-        m = ref.member_at(step)
-        g = _rng(ref.seed, 6, step)
-        runs = np.sort(g.choice(ref.rows[m], ref.runs_of(m), replace=False))
-        whole = draw_pairs(
-            g, np.stack([zoo.params(int(r)) for r in runs]), zoo.metrics["val_loss"][runs], ref.batch_of(m),
-            ref.cfg, ref.normalizers[m], ref.layouts[m], ref.groups[m], ref._task,
-        )  # fmt: skip
-        for key, value in whole.items():
-            np.testing.assert_array_equal(b[key].numpy(), value.numpy())
-    assert all(ref.runs_of(m) == min(2, len(ref.rows[m])) for m in tasks)  # 5 pairs: runs_per_step
     wide = stream(0, pairs_per_run=1)  # a run per pair: 5 runs where the member has them
+    assert all(ref.runs_of(m) == min(2, len(ref.rows[m])) for m in tasks)  # 5 pairs: runs_per_step
     assert all(wide.runs_of(m) == min(5, len(wide.rows[m])) for m in tasks)
     assert any(wide.runs_of(m) > 2 for m in tasks)
+    for st, drawn in ((ref, batches), (wide, list(itertools.islice(iter(wide), 12)))):
+        for step, b in enumerate(drawn):
+            m = st.member_at(step)
+            g = _rng(st.seed, 6, step)
+            runs = np.sort(g.choice(st.rows[m], st.runs_of(m), replace=False))
+            whole = draw_pairs(
+                g, np.stack([zoo.params(int(r)) for r in runs]), zoo.metrics["val_loss"][runs], st.batch_of(m),
+                st.cfg, st.normalizers[m], st.layouts[m], st.groups[m], st._task,
+            )  # fmt: skip
+            for key, value in whole.items():
+                np.testing.assert_array_equal(b[key].numpy(), value.numpy())
     with pytest.raises(ValueError, match="pairs_per_run 0"):
         stream(0, pairs_per_run=0)
     row = int(zoo.runs_of_member(0)[0])
