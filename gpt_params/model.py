@@ -203,9 +203,8 @@ class EdgeMessages(nn.Module):
             to_a, to_b = edge_messages(e.to(h.dtype), va, vb, "sqrt")
             msg[ga], msg[gb] = msg[ga] + to_a, msg[gb] + to_b
         out = self.out(torch.cat(msg, 1))  # (B, n, E)
-        rest = self.out.bias.to(out.dtype).expand(
-            x.shape[0], x.shape[1] - n, -1
-        )  # (B, T_rest, E): no message
+        # the other tokens (B, T_rest, E) receive no message
+        rest = self.out.bias.to(out.dtype).expand(x.shape[0], x.shape[1] - n, -1)
         return x + gate * torch.cat([out, rest], 1)
 
 
