@@ -12,6 +12,8 @@
 #     SGD as the digits specialist's was (in 250 steps, Adam at lr 1e-3 leaves most digits nets far from trained);
 #     with RUNS=31488 DATA=data/digits32k MINUTES=50 HARVEST_MINUTES=40, the shipped digits-mlp-family-loss (digits
 #     runs are cheap: on 4,000 runs the narrow members, drawn most often, overfit their ~100 runs each)
+#   WIDTH_POWER=1.5 RUNS=7040 DATA=data/wp15 ...: the zoo's widths drawn with density width^-1.5 instead of
+#     log-uniform (gpt-params harvest --width-power), so narrow members, the cheapest cohorts, hold more runs
 #   OUTPUT_WEIGHT=1 EVAL_EVERY=250 ...: with the function-space term and validation R^2 of the narrowest,
 #     middle and widest members with val runs in train.log
 #   WIDTH=128 DEPTH=4 ...: the preset narrowed and made shallower (0: the preset's own), for more steps;
@@ -48,6 +50,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."  # repository root: train/ and eval/ scripts by relative path
 RUNS=${RUNS:-4000}; COHORT=${COHORT:-32}; CKPTS=${CKPTS:-20}; HARVEST_MINUTES=${HARVEST_MINUTES:-40}
 HARVEST_PRESET=${HARVEST_PRESET:-adam}  # the zoo's training recipe (gpt-params harvest --preset: gpt, adam or varied)
+WIDTH_POWER=${WIDTH_POWER:-1}  # gpt-params harvest --width-power: widths drawn with density width^-P (1: log-uniform)
 PRESET=${PRESET:-small}; MINUTES=${MINUTES:-88}; TIMING_STEPS=${TIMING_STEPS:-40}
 NETS=${NETS:-16}; BANK=${BANK:-2000}; ADAM_STEPS=${ADAM_STEPS:-3000}; EPOCHS=${EPOCHS:-25}
 WIDTHS=${WIDTHS:-"4 6 8 10 12 16 24 32 48 64 96 128 192 256"}; SHAPES=${SHAPES:-"32,16 64,64 128,32"}
@@ -83,7 +86,8 @@ mkdir -p "$OUT" "$DATA"
 SECONDS=0
 # the harvest stops after HARVEST_MINUTES (a cohort is lost at most); rerunning resumes it
 timeout "${HARVEST_MINUTES}m" $PY -m gpt_params.cli harvest --task "$TASK" --architectures mixed --preset "$HARVEST_PRESET" \
-  --epochs "$EPOCHS" --runs "$RUNS" --cohort-size "$COHORT" --ckpts-per-run "$CKPTS" --out "$ZOO" > "$OUT/harvest.log" 2>&1 \
+  --epochs "$EPOCHS" --runs "$RUNS" --cohort-size "$COHORT" --ckpts-per-run "$CKPTS" --width-power "$WIDTH_POWER" \
+  --out "$ZOO" > "$OUT/harvest.log" 2>&1 \
   || { rc=$?; ((rc == 124)) || { echo "family_cpu.sh: harvest failed" >&2; tail -n 3 "$OUT/harvest.log" >&2; exit 1; }; }
 echo "harvest: ${SECONDS}s"
 logged "$OUT/harvest-single.log" $PY -m gpt_params.cli harvest --task "$TASK" --hidden 64 --preset "$HARVEST_PRESET" \

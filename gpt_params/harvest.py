@@ -77,6 +77,11 @@ class HarvestConfig:
         "MLP families: mixed draws each cohort's member (its hidden widths) from the family's documented "
         "distribution, leaving some widths out (gpt_params.tasks.supervised.draw_mlp_member); default: one member",
     )
+    width_power: float = opt(
+        1.0,
+        "--architectures mixed: hidden widths drawn with density proportional to width^-P on the family's "
+        "range; 1 is log-uniform, above 1 draws narrow members (cheap cohorts) more often",
+    )
     val_frac: float = opt(0.1, "fraction of runs assigned to the val split")
     test_frac: float = opt(0.1, "fraction of runs assigned to the test split")
     shard_index: int = opt(0, "this process's shard (multi-process harvests)")
@@ -107,6 +112,12 @@ class HarvestConfig:
             raise GptParamsError(f"--architectures must be 'mixed' (or left out), got {self.architectures!r}")
         if self.architectures and self.hidden is not None:
             raise GptParamsError("--hidden pins one member; --architectures mixed draws them: choose one")
+        if not 0 <= self.width_power <= 4:
+            raise GptParamsError(f"--width-power must lie in [0, 4], got {self.width_power}")
+        if self.width_power != 1 and not self.architectures:
+            raise GptParamsError(
+                f"--width-power {self.width_power} shapes --architectures mixed draws; a one-member harvest has none"
+            )
         if self.spacing not in SPACINGS:
             raise GptParamsError(f"--spacing must be one of {SPACINGS}, got {self.spacing!r}")
         if not 0 <= self.shard_index < self.num_shards:
@@ -139,6 +150,8 @@ class HarvestConfig:
                 d.pop(name)
         if d["spacing"] == "log":  # zoos harvested before --spacing existed stay resumable
             d.pop("spacing")
+        if d["width_power"] == 1:  # and those before --width-power
+            d.pop("width_power")
         return d
 
 
@@ -250,7 +263,8 @@ def harvest(
         if c in done:
             continue
         run_ids = cohort_runs(cfg, c)
-        member = task.draw_member(np.random.default_rng([cfg.seed, 0xA7C, c])) if mixed else task
+        rng = np.random.default_rng([cfg.seed, 0xA7C, c])
+        member = task.draw_member(rng, cfg.width_power) if mixed else task
         trained = member.train_cohort(cfg, c, run_ids, on_step)
         cohort = assemble_cohort(cfg, c, run_ids, trained, task.may_be_nan)
         writer.commit(cohort, member_attrs(member.layout, member.options) if mixed else None)

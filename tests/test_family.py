@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from gpt_params.errors import LayoutError
+from gpt_params.errors import GptParamsError, LayoutError
 from gpt_params.layout import permute, random_perms, role_plan
 from gpt_params.tasks import get_task
 from gpt_params.tokenizers import RoleTokenizer
@@ -470,6 +470,42 @@ def test_mixed_harvest_draws_members_per_cohort_and_never_a_held_out_one(tmp_pat
         assert np.isclose(task.evaluate(theta)["val_loss"][0], zoo.metrics["val_loss"][row, 2], rtol=1e-4)
     harvest_mixed(path, runs=6, ckpts_per_run=3, cohort_size=2)  # a rerun resumes: nothing to add
     assert Zoo(path).n_runs == 6
+
+
+def test_width_power_draws_narrow_members_more_often_and_is_stored_only_when_set(tmp_path):
+    import numpy as np
+
+    from gpt_params.harvest import HarvestConfig
+    from gpt_params.tasks.supervised import HELD_OUT_WIDTHS, MIXED_WIDTHS, draw_mlp_member
+    from gpt_params.zoo_reader import Zoo
+
+    def widths(power):
+        draws = [draw_mlp_member(np.random.default_rng([1, i]), power) for i in range(4000)]
+        return np.array([w for h in draws for w in h])
+
+    low, high = MIXED_WIDTHS
+    for power in (1.0, 1.5, 2.0):  # density w^-power: the median against its inverse CDF's
+        w = widths(power)
+        assert w.min() >= low and w.max() <= high
+        a = 1.0 - power
+        median = np.sqrt(low * high) if power == 1 else ((low**a + high**a) / 2) ** (1 / a)
+        assert abs(np.median(w) - median) <= 0.1 * median + 1, (power, np.median(w), median)
+    assert np.mean(widths(1.5) <= 16) > 1.5 * np.mean(widths(1.0) <= 16)
+    narrow = [draw_mlp_member(np.random.default_rng(i), 2.0) for i in range(500)]
+    assert not any(h[0] in HELD_OUT_WIDTHS for h in narrow if len(h) == 1)
+
+    kw = dict(task="digits-mlp", runs=4, cohort_size=2, out=str(tmp_path / "z.h5"))
+    # older zoos stored no width_power: a default rerun must still resume them
+    assert "width_power" not in HarvestConfig(architectures="mixed", **kw).stored()
+    with pytest.raises(GptParamsError, match="--width-power 1.5 shapes --architectures mixed"):
+        HarvestConfig(width_power=1.5, **kw)
+    with pytest.raises(GptParamsError, match="--width-power must lie in \\[0, 4\\], got -1"):
+        HarvestConfig(architectures="mixed", width_power=-1, **kw)
+    path = harvest_mixed(tmp_path / "narrow.h5", runs=4, ckpts_per_run=2, cohort_size=2, width_power=2.0)
+    zoo = Zoo(path)
+    assert zoo.harvest_config["width_power"] == 2.0
+    draws = [draw_mlp_member(np.random.default_rng([0, 0xA7C, c]), 2.0) for c in range(2)]
+    assert sorted(tuple(o["hidden"]) for o in zoo.member_options) == sorted(set(draws))
 
 
 def test_zoo_info_reports_a_mixed_zoo_per_architecture(tmp_path, capsys):

@@ -225,14 +225,14 @@ class SupervisedTask(Task):
             return self
         return self.member(mlp_member_of(self.name, self.family["in_weight"].features, params))
 
-    def draw_member(self, rng: np.random.Generator) -> SupervisedTask:
-        """A member of this task's family drawn from the ``--architectures mixed`` distribution, sharing
-        this task's data."""
+    def draw_member(self, rng: np.random.Generator, width_power: float = 1.0) -> SupervisedTask:
+        """A member of this task's family drawn from the ``--architectures mixed`` distribution (widths
+        with density proportional to width^-``width_power``), sharing this task's data."""
         if self.family is None:
             raise TaskError(
                 f"{self.name} is one architecture, not a family; --architectures mixed needs a family"
             )
-        return self._member_factory(hidden=draw_mlp_member(rng), data=self.data)
+        return self._member_factory(hidden=draw_mlp_member(rng, width_power), data=self.data)
 
     @property
     def symmetries(self) -> tuple[PermGroup, ...]:
@@ -425,7 +425,8 @@ def _probe_pick(size: int, n: int, seed: int) -> torch.Tensor:
 
 
 # ``gpt-params harvest --architectures mixed`` over an MLP family: each cohort draws one member, with
-# one hidden layer (probability 1/2) or two, each width log-uniform on [4, 256] and rounded. Members
+# one hidden layer (probability 1/2) or two, each width log-uniform on [4, 256] and rounded (or, with
+# ``--width-power P``, with density proportional to width^-P there: P = 1 is log-uniform). Members
 # held out of every such zoo are redrawn: the one-layer widths HELD_OUT_WIDTHS (G.pt's 784-10-10
 # among them) and the two-layer shapes HELD_OUT_SHAPES, so they test architectures no zoo held.
 MIXED_WIDTHS = (4, 256)
@@ -433,12 +434,22 @@ HELD_OUT_WIDTHS = (10, 24, 48, 96, 192)
 HELD_OUT_SHAPES = ((32, 16), (64, 64))
 
 
-def draw_mlp_member(rng: np.random.Generator) -> tuple[int, ...]:
-    """One member of the ``--architectures mixed`` distribution (hidden widths)."""
-    low, high = np.log(MIXED_WIDTHS[0]), np.log(MIXED_WIDTHS[1])
+def draw_mlp_member(rng: np.random.Generator, width_power: float = 1.0) -> tuple[int, ...]:
+    """One member of the ``--architectures mixed`` distribution (hidden widths), each width drawn with
+    density proportional to width^-``width_power`` on ``MIXED_WIDTHS`` (1: log-uniform)."""
+    low, high = MIXED_WIDTHS
+
+    def width() -> int:  # inverse CDF of the power law; log-uniform draws as they always were
+        if width_power == 1:
+            w = np.exp(rng.uniform(np.log(low), np.log(high)))
+        else:
+            a = 1.0 - width_power
+            w = (low**a + rng.random() * (high**a - low**a)) ** (1.0 / a)
+        return int(round(float(w)))
+
     while True:
         layers = 1 if rng.random() < 0.5 else 2
-        hidden = tuple(int(round(float(np.exp(rng.uniform(low, high))))) for _ in range(layers))
+        hidden = tuple(width() for _ in range(layers))
         held = hidden[0] in HELD_OUT_WIDTHS if layers == 1 else hidden in HELD_OUT_SHAPES
         if not held:
             return hidden
