@@ -87,15 +87,24 @@ def best_prompt_for(meta: dict, task: Task) -> float:
     """The best prompt of an export for networks of ``task``. A family model's members differ in what
     they can reach (a width-4 MLP cannot reach a width-64 one's loss): the member's own entry where
     its zoo held it, else that of the held member with the same number of layers nearest in
-    parameter count (log scale), else the export's overall best prompt."""
+    log-widths (an MLP's hidden widths; parameter count where a member has none), else the export's
+    overall best prompt. Widths, not parameter count: 784-69-4-10 has as many parameters as
+    784-64-64-10 but, through its 4-unit bottleneck, reaches a far worse loss."""
     entries = meta.get("member_best_prompts") if "family" in meta else None
     if not entries:
         return float(meta["best_prompt"])
     for e in entries:
         if e["task_options"] == task.options:
             return float(e["best_prompt"])
-    n, d = len(task.layout.names), task.layout.numel
-    e = min(entries, key=lambda e: (e["tensors"] != n, abs(math.log(e["params"] / d)), e["params"]))
+    n, d, hidden = len(task.layout.names), task.layout.numel, task.options.get("hidden")
+
+    def distance(e: dict) -> float:
+        theirs = e["task_options"].get("hidden")
+        if hidden is None or theirs is None or len(theirs) != len(hidden):
+            return abs(math.log(e["params"] / d))
+        return math.dist([math.log(h) for h in hidden], [math.log(h) for h in theirs])
+
+    e = min(entries, key=lambda e: (e["tensors"] != n, distance(e), e["params"]))
     return float(e["best_prompt"])
 
 

@@ -933,16 +933,18 @@ def test_each_member_gets_its_own_best_prompt_or_that_of_the_nearest_member_held
     from gpt_params.export import best_prompt_for, export_meta
 
     family = get_task("digits-mlp")
-    held = {(5,): 0.9, (40,): 0.3, (12, 7): 0.5}
+    held = {(5,): 0.9, (40,): 0.3, (12, 7): 0.5, (60, 2): 0.7}
     members = [(family.member(h), np.array([v, v + 0.1, v + 0.2, np.nan])) for h, v in held.items()]
     finals = np.concatenate([f for _, f in members])
     meta = export_meta(family, "val_loss", finals, finals[:, None], family=True, members=members)
     for h, v in held.items():  # a member the zoo held: its own 5% quantile
         assert best_prompt_for(meta, family.member(h)) == pytest.approx(v + 0.01)
-    # held out: the held member with as many layers, nearest in parameter count
+    # held out: the held member with as many layers, nearest in log-widths; 64-64 has about as many
+    # parameters as the bottlenecked 60-2 but the widths of neither, and is nearer 12-7 in log-widths
     assert best_prompt_for(meta, family.member((6,))) == pytest.approx(0.91)
     assert best_prompt_for(meta, family.member((64,))) == pytest.approx(0.31)
     assert best_prompt_for(meta, family.member((64, 64))) == pytest.approx(0.51)
+    assert best_prompt_for(meta, family.member((48, 5))) == pytest.approx(0.71)
     single = export_meta(family, "val_loss", finals, finals[:, None])  # one architecture: one best prompt
     assert "member_best_prompts" not in single
     assert best_prompt_for(single, family.member((5,))) == single["best_prompt"]
