@@ -16,7 +16,8 @@
 #     log-uniform (gpt-params harvest --width-power), so narrow members, the cheapest cohorts, hold more runs
 #   OUTPUT_WEIGHT=1 EVAL_EVERY=250 ...: with the function-space term and validation R^2 of the narrowest,
 #     middle and widest members with val runs in train.log
-#   WIDTH=128 DEPTH=4 ...: the preset narrowed and made shallower (0: the preset's own), for more steps;
+#   WIDTH=128 DEPTH=4 ...: the preset narrowed and made shallower (0: the preset's own), for more steps (WIDTH=256:
+#     6.33M parameters, 2.3x the step time, worse on 15 of 17 members at 85 minutes);
 #     EDGE_WIDTH=64 ...: the preset's edge width instead of 16 (two-layer members' steps take 1.5x as long; the
 #     edge-width-64 model did better on two-layer members, worse on one-layer ones with its fewer steps)
 #   BATCH_PARAMS=8388608 ...: a batch's pairs x member parameters capped at 8M instead of 2M, so members wider than
