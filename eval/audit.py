@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from gpt_params.align import aligned_distances, nearest
 from gpt_params.evaluate import held_rows, prompt_alignment, trajectory_alignment
-from gpt_params.scripting import add_unseen_arguments, fail, unseen_or_exit, utc_now
+from gpt_params.scripting import add_unseen_arguments, fail, report_path, unseen_or_exit, utc_now
 
 
 def main() -> None:
@@ -39,7 +38,11 @@ def main() -> None:
     p.add_argument("--sampler-steps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompts", type=int, default=10, help="prompts per net for the alignment R^2 (0: none)")
-    p.add_argument("--out", default=None, help="JSON report (default: <model>/audit.json)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON report (default: <model>/audit.json; runs/<name>/ for a shipped model)",
+    )
     a = p.parse_args()
 
     if a.prompts == 1 or a.prompts < 0:
@@ -158,7 +161,7 @@ def main() -> None:
         },
     }
     name = "audit.json" if a.hidden is None else f"audit-h{a.hidden.replace(',', '-')}.json"
-    path = Path(a.out or Path(a.model) / name)
+    path = report_path(a.model, a.out, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     figure(d_out, d_real, d_indep, d_input).savefig(path.with_suffix(".png"), dpi=120)

@@ -32,7 +32,7 @@ from gpt_params.diffusion import SAMPLERS
 from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import prompt_alignment
 from gpt_params.plots import desired_vs_observed
-from gpt_params.scripting import add_unseen_arguments, fail, unseen_or_exit, utc_now
+from gpt_params.scripting import add_unseen_arguments, fail, report_path, unseen_or_exit, utc_now
 
 
 def parse_sampler(spec: str) -> tuple[str, int]:
@@ -76,7 +76,11 @@ def main() -> None:
         default="test",
         help="split whose metric counts as achieved (supervised; default test, the honest one; val is the conditioning split)",
     )
-    p.add_argument("--out", default=None, help="JSON report (default: <model>/prompting.json)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON report (default: <model>/prompting.json; runs/<name>/ for a shipped model)",
+    )
     p.add_argument("--plot", default=None, help="PNG plot (default: next to the report)")
     a = p.parse_args()
     samplers = [parse_sampler(s) for s in a.samplers]
@@ -155,7 +159,7 @@ def main() -> None:
         row["r2_per_net"] = align["r2_per_net"]
         report["results"].append(row)
         print(json.dumps({k_: v for k_, v in row.items() if k_ != "r2_per_net"}))
-    out = Path(a.out or Path(a.model) / "prompting.json")
+    out = report_path(a.model, a.out, "prompting.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     plot = Path(a.plot or out.with_suffix(".png"))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -26,7 +25,7 @@ from scipy import stats
 
 from gpt_params.errors import GptParamsError
 from gpt_params.optimizer import LearnedOptimizer
-from gpt_params.scripting import fail, utc_now
+from gpt_params.scripting import fail, report_path, utc_now
 from gpt_params.tasks.cartpole import ROLLOUT_SEED, fresh_initial_states
 
 
@@ -106,7 +105,11 @@ def main() -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", default=None, help="GIF of one episode of the best-prompt policy")
-    p.add_argument("--out", default=None, help="JSON report (default: <model>/rollout.json)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON report (default: <model>/rollout.json; runs/<name>/ for a shipped model)",
+    )
     a = p.parse_args()
 
     try:
@@ -171,7 +174,7 @@ def main() -> None:
         print(json.dumps(row))
         if prompt == max(prompts):
             best_vec = new[int(np.argmax(per_policy))]
-    out = Path(a.out or Path(a.model) / "rollout.json")
+    out = report_path(a.model, a.out, "rollout.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     figure(report).savefig(out.with_suffix(".png"), dpi=120)

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from gpt_params.export import COMBINE
 from gpt_params.plots import draw_vs_gradient
-from gpt_params.scripting import add_unseen_arguments, fail, unseen_or_exit, utc_now
+from gpt_params.scripting import add_unseen_arguments, fail, report_path, unseen_or_exit, utc_now
 from gpt_params.tasks.batched import seconds_per_step, steps_to_match
 
 
@@ -53,7 +52,11 @@ def main() -> None:
     p.add_argument("--adam-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     p.add_argument("--sgd-lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="JSON report (default: <model>/vs_gradient.json)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON report (default: <model>/vs_gradient.json; runs/<name>/ for a shipped model)",
+    )
     a = p.parse_args()
 
     opt, zoo, rows, theta0 = unseen_or_exit(a)
@@ -114,7 +117,7 @@ def main() -> None:
     report["baselines"]["adam_lr1e-3"] = summarise(
         task, curves[("adam", 1e-3)], matched[("adam", 1e-3)], a.batch_size
     )
-    out = Path(a.out or Path(a.model) / "vs_gradient.json")
+    out = report_path(a.model, a.out, "vs_gradient.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     plot = out.with_suffix(".png")

@@ -94,10 +94,11 @@ class LearnedOptimizer:
         """
         dev = resolve_device(device)
         path = Path(name_or_path)
-        if not path.exists():
+        # a shipped name wins over a same-named local directory that is not an export
+        if not (path / "config.json").exists():
             if str(name_or_path) in pretrained_names():
                 path = PRETRAINED_DIR / str(name_or_path)
-            else:
+            elif not path.exists():
                 shipped = ", ".join(pretrained_names()) or "none installed"
                 raise GptParamsError(
                     f"unknown model {str(name_or_path)!r}: not a directory and not a shipped model "

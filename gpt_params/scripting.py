@@ -24,6 +24,17 @@ def fail(message: str) -> SystemExit:
     return SystemExit(2)
 
 
+def report_path(model: str, out: str | None, filename: str) -> Path:
+    """Where an evaluation script writes its report: ``out`` if given, else ``filename`` inside the
+    export directory ``model``, or, for a shipped model named by its name, inside ``runs/<name>/``
+    (never a new ``./<name>/`` directory, which would shadow the shipped model's name)."""
+    if out is not None:
+        return Path(out)
+    if Path(model).is_dir() and (Path(model) / "config.json").exists():
+        return Path(model) / filename
+    return Path("runs") / Path(model).name / filename
+
+
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 

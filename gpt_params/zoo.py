@@ -143,10 +143,10 @@ class ZooWriter:
                     f"{str(self.path)!r} is a self-contained zoo (e.g. written by zoo merge), not a harvest "
                     f"index; harvest into another --out and merge the two"
                 )
-            check_compatible(self.path, attrs)
+            check_resumable(self.path, attrs)
         elif self.parts.exists() and any(self.parts.iterdir()):
             for part in self._part_files():
-                check_compatible(part, attrs)
+                check_resumable(part, attrs)
         self.parts.mkdir(exist_ok=True)
         for stale in self.parts.glob(".*.tmp"):  # a killed writer's unfinished part
             stale.unlink()
@@ -477,6 +477,27 @@ def check_compatible(path: Path, attrs: dict, ignore: Iterable[str] = ()) -> Non
         raise ZooError(
             f"{str(path)!r} was harvested with a different config (differs in {diff}: "
             f"{ {k: a.get(k) for k in diff} } vs { {k: b.get(k) for k in diff} }); use another --out"
+        )
+
+
+def check_resumable(path: Path, attrs: dict) -> None:
+    """Raise unless a harvest with ``attrs`` may resume (or grow) the zoo file ``path``: the same
+    config as :func:`check_compatible` asks, except that ``runs`` may grow when every cohort the zoo
+    was planned with is whole (a run's cohort, split, seed and member depend on its id alone)."""
+    check_compatible(path, attrs, ignore=("runs",))
+    a = json.loads(read_attrs(path)["harvest_config"])
+    b = json.loads(attrs["harvest_config"])
+    if "runs" not in a or a["runs"] == b.get("runs"):
+        return
+    if b["runs"] < a["runs"]:
+        raise ZooError(
+            f"{str(path)!r} was harvested with --runs {a['runs']}; --runs {b['runs']} would shrink it "
+            f"(use another --out, or --runs {a['runs']} or more)"
+        )
+    if a["runs"] % a["cohort_size"]:
+        raise ZooError(
+            f"{str(path)!r} cannot grow from --runs {a['runs']}: its last cohort holds "
+            f"{a['runs'] % a['cohort_size']} of {a['cohort_size']} runs (use another --out)"
         )
 
 

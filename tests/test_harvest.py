@@ -231,6 +231,30 @@ def test_resume_with_another_config_is_refused_and_nothing_is_lost(tmp_path):
     np.testing.assert_array_equal(Zoo(cfg.out).params(0), before)
 
 
+def test_a_larger_runs_grows_a_zoo_of_whole_cohorts_to_the_zoo_harvested_at_once(tmp_path):
+    small, grown, whole = (
+        tiny(tmp_path, "g.h5", runs=8),
+        tiny(tmp_path, "g.h5", runs=14),
+        tiny(tmp_path, "w.h5", runs=14),
+    )
+    harvest(small)
+    kept = part_stamps(small.out)
+    harvest(grown)  # cohorts 2 and 3 (4 + 2 runs) are added; cohorts 0 and 1 are not rewritten
+    after = part_stamps(grown.out)
+    assert {k: after[k] for k in kept} == kept and len(after) == 4
+    harvest(whole)
+    zg, zw = Zoo(grown.out), Zoo(whole.out)
+    assert zg.n_runs == 14 and zg.harvest_config["runs"] == 14 and np.array_equal(zg.run_id, zw.run_id)
+    np.testing.assert_array_equal(zg.split, zw.split)
+    for r in range(14):
+        np.testing.assert_array_equal(zg.params(r), zw.params(r))
+    with pytest.raises(ZooError, match="--runs 14; --runs 12 would shrink it"):
+        harvest(replace(grown, runs=12))
+    with pytest.raises(ZooError, match="cannot grow from --runs 14: its last cohort holds 2 of 4"):
+        harvest(replace(grown, runs=20))
+    assert part_stamps(grown.out) == after and Zoo(grown.out).n_runs == 14
+
+
 def test_diverged_runs_are_recorded_but_never_served(tmp_path, monkeypatch):
     import gpt_params.tasks.batched as h  # where supervised cohorts draw their recipes
     from gpt_params.recipes import RunRecipe

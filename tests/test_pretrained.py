@@ -210,3 +210,23 @@ def test_shipped_cartpole_model_picks_by_its_critic_and_follows_prompts():
         predicted = opt.predict(new)  # the critic's estimate of the same, no rollouts
         assert np.median(np.abs(predicted - returns[prompt])) < 60, (predicted, returns[prompt])
     assert np.mean(returns[450.0]) > np.mean(returns[150.0]) + 150, returns
+
+
+def test_a_shipped_name_is_not_shadowed_by_a_local_directory_and_reports_do_not_create_one(
+    tmp_path, monkeypatch
+):
+    from gpt_params.scripting import report_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits-mlp-loss").mkdir()  # e.g. left by an older evaluation script's report
+    (tmp_path / "digits-mlp-loss" / "prompting.json").write_text("{}")
+    opt = LearnedOptimizer.from_pretrained("digits-mlp-loss")
+    assert opt.exported.meta["task"] == "digits-mlp"
+    with pytest.raises(GptParamsError, match="lacks config.json"):
+        LearnedOptimizer.from_pretrained(tmp_path / "digits-mlp-loss")  # a path still names that directory
+    assert report_path("digits-mlp-loss", None, "family.json") == tmp_path.joinpath(
+        "runs", "digits-mlp-loss", "family.json"
+    ).relative_to(tmp_path)
+    export = PRETRAINED_DIR / "digits-mlp-loss"
+    assert report_path(str(export), None, "family.json") == export / "family.json"
+    assert report_path("digits-mlp-loss", "x/r.json", "family.json").as_posix() == "x/r.json"
