@@ -33,7 +33,11 @@ class HarvestConfig:
     """What to harvest. Every field but ``out`` and ``workers`` is stored in the zoo and must match on resume."""
 
     task: str = field(metadata={"help": "task name from gpt_params.tasks.TASKS"})
-    runs: int = field(metadata={"help": "number of training runs"})
+    runs: int = field(
+        metadata={
+            "help": "number of training runs (rerun with more to grow a zoo whose cohorts are all whole)"
+        }
+    )
     ckpts_per_run: int = opt(
         50, "checkpoints kept per run: step 0, the final step and --spacing steps between"
     )
