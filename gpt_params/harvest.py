@@ -30,7 +30,8 @@ DIVERGED_ABS = 1e3  # a checkpoint with any |weight| above this counts as diverg
 
 @dataclass
 class HarvestConfig:
-    """What to harvest. Every field but ``out`` and ``workers`` is stored in the zoo and must match on resume."""
+    """What to harvest. Every field but ``out`` and ``workers`` is stored in the zoo and must match on resume
+    (``runs`` may grow: :func:`gpt_params.zoo.check_resumable`)."""
 
     task: str = field(metadata={"help": "task name from gpt_params.tasks.TASKS"})
     runs: int = field(
