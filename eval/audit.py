@@ -32,17 +32,12 @@ from gpt_params.scripting import add_unseen_arguments, fail, report_path, unseen
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_unseen_arguments(p, "unseen networks (first runs of --split) audited")
+    add_unseen_arguments(p, "unseen networks (first runs of --split) audited", report="audit.json")
     p.add_argument("--bank", type=int, default=2000, help="training checkpoints searched for the nearest")
     p.add_argument("--prompt", type=float, default=None, help="prompted metric (default: the best prompt)")
     p.add_argument("--sampler-steps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompts", type=int, default=10, help="prompts per net for the alignment R^2 (0: none)")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="JSON report (default: <model>/audit.json; runs/<name>/ for a shipped model)",
-    )
     a = p.parse_args()
 
     if a.prompts == 1 or a.prompts < 0:

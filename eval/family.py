@@ -29,7 +29,7 @@ from gpt_params.model import ParamDiffusionTransformer
 from gpt_params.normalize import ParamNormalizer
 from gpt_params.optimizer import LearnedOptimizer
 from gpt_params.plots import family_figure
-from gpt_params.scripting import fail, hidden_or_exit, report_path, utc_now
+from gpt_params.scripting import add_out_argument, fail, hidden_or_exit, report_path, utc_now
 from gpt_params.tasks.base import BaselineConfig, Task
 from gpt_params.zoo_reader import Zoo
 
@@ -112,11 +112,7 @@ def main() -> None:
     p.add_argument("--sampler-steps", type=int, default=5, help="DDIM steps per one-step update")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="the task's data directory (default: its default)")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="JSON report (default: <model>/family.json; runs/<name>/ for a shipped model)",
-    )
+    add_out_argument(p, "family.json")
     a = p.parse_args()
     members = [(w,) for w in a.widths] + [hidden_or_exit(s) for s in a.shapes]
     if not members or a.nets < 1 or a.prompts < 2 or a.sampler_steps < 1:

@@ -44,7 +44,7 @@ def parse_sampler(spec: str) -> tuple[str, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_unseen_arguments(p, "unseen networks (G.pt: at least 32)")
+    add_unseen_arguments(p, "unseen networks (G.pt: at least 32)", report="prompting.json")
     p.add_argument("--prompts", type=int, default=20, help="prompts per network")
     p.add_argument("--samplers", nargs="+", default=["ddim:5"], help="sampler:steps, e.g. ddim:5 ddpm:1000")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
@@ -75,11 +75,6 @@ def main() -> None:
         choices=["test", "val"],
         default="test",
         help="split whose metric counts as achieved (supervised; default test, the honest one; val is the conditioning split)",
-    )
-    p.add_argument(
-        "--out",
-        default=None,
-        help="JSON report (default: <model>/prompting.json; runs/<name>/ for a shipped model)",
     )
     p.add_argument("--plot", default=None, help="PNG plot (default: next to the report)")
     a = p.parse_args()

@@ -25,7 +25,7 @@ from scipy import stats
 
 from gpt_params.errors import GptParamsError
 from gpt_params.optimizer import LearnedOptimizer
-from gpt_params.scripting import fail, report_path, utc_now
+from gpt_params.scripting import add_out_argument, fail, report_path, utc_now
 from gpt_params.tasks.cartpole import ROLLOUT_SEED, fresh_initial_states
 
 
@@ -105,11 +105,7 @@ def main() -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", default=None, help="GIF of one episode of the best-prompt policy")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="JSON report (default: <model>/rollout.json; runs/<name>/ for a shipped model)",
-    )
+    add_out_argument(p, "rollout.json")
     a = p.parse_args()
 
     try:

@@ -31,7 +31,7 @@ from gpt_params.tasks.batched import seconds_per_step, steps_to_match
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_unseen_arguments(p, "unseen networks")
+    add_unseen_arguments(p, "unseen networks", report="vs_gradient.json")
     p.add_argument(
         "--prompt", type=float, default=None, help="prompted metric (default: the model's best prompt)"
     )
@@ -52,11 +52,6 @@ def main() -> None:
     p.add_argument("--adam-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     p.add_argument("--sgd-lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--out",
-        default=None,
-        help="JSON report (default: <model>/vs_gradient.json; runs/<name>/ for a shipped model)",
-    )
     a = p.parse_args()
 
     opt, zoo, rows, theta0 = unseen_or_exit(a)

@@ -24,6 +24,15 @@ def fail(message: str) -> SystemExit:
     return SystemExit(2)
 
 
+def add_out_argument(p: argparse.ArgumentParser, filename: str) -> None:
+    """``--out``: where the script's JSON report goes (default: :func:`report_path`)."""
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"JSON report (default: <model>/{filename}; runs/<name>/ for a shipped model)",
+    )
+
+
 def report_path(model: str, out: str | None, filename: str) -> Path:
     """Where an evaluation script writes its report: ``out`` if given, else ``filename`` inside the
     export directory ``model``, or, for a shipped model named by its name, inside ``runs/<name>/``
@@ -39,9 +48,11 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def add_unseen_arguments(p: argparse.ArgumentParser, nets_help: str) -> None:
-    """``--model``, ``--zoo``, ``--split`` and ``--nets``: which model and which networks it never saw."""
+def add_unseen_arguments(p: argparse.ArgumentParser, nets_help: str, report: str) -> None:
+    """``--model``, ``--zoo``, ``--split`` and ``--nets``: which model and which networks it never saw;
+    and ``--out``, where the JSON report goes (``report`` its default file name)."""
     p.add_argument("--model", required=True, help="export directory or shipped model name")
+    add_out_argument(p, report)
     p.add_argument(
         "--zoo", required=True, help="zoo whose test-split (or --split) runs give the unseen inits"
     )
