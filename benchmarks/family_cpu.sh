@@ -61,6 +61,7 @@ TASK=${TASK:-mnist-mlp}; SPECIALIST=${SPECIALIST:-$TASK-loss}  # the family; its
 DATA=${DATA:-data}; OUT=${OUT:-runs/$TASK-family}; PY=${PYTHON:-python3}
 ZOO=$DATA/$TASK-family.h5; SINGLE=$DATA/$TASK-h64.h5
 OUTPUT_WEIGHT=${OUTPUT_WEIGHT:-0}; EVAL_EVERY=${EVAL_EVERY:-0}  # function-space term; per-member validation
+OUTPUT_SCHEDULE=${OUTPUT_SCHEDULE:-signal}  # train/diffuse.py --output-schedule: that term's weight over timesteps
 WIDTH=${WIDTH:-0}; DEPTH=${DEPTH:-0}  # model width and depth (0: the preset's)
 EDGE_WIDTH=${EDGE_WIDTH:-16}  # per-weight features between the two hidden layers (0: the preset's, 64)
 BATCH_PARAMS=${BATCH_PARAMS:-2097152}  # most pairs x member parameters per batch (train/diffuse.py --batch-params)
@@ -79,7 +80,7 @@ LR=${LR:-1e-3}  # train/diffuse.py --lr: the peak learning rate (warm-up 300 ste
 T_POWER=${T_POWER:-2}  # diffusion timesteps drawn as floor(1000 u^(1/T_POWER)): >1 favours high noise
 GRAD_PROBES=${GRAD_PROBES:-0}  # train/diffuse.py --grad-probes: tokens read the training loss's gradient on N examples
 TRAIN=(--preset "$PRESET" --width "$WIDTH" --depth "$DEPTH" --edge-width "$EDGE_WIDTH" --batch-size "$BATCH_SIZE" --batch-params "$BATCH_PARAMS" --batch-units "$BATCH_UNITS" --member-power "$MEMBER_POWER" "$SIZE" "$MSG" --message-norm "$MESSAGE_NORM" "$BLOCK" --edge-rank "$EDGE_RANK" "$BALANCE" "$LAW" --lr "$LR" --init-frac 0.5 --late-bias 2 --warmup-steps 300
-  --mixed-precision "$PRECISION" --output-weight "$OUTPUT_WEIGHT" --output-probes 32 --t-power "$T_POWER")
+  --mixed-precision "$PRECISION" --output-weight "$OUTPUT_WEIGHT" --output-schedule "$OUTPUT_SCHEDULE" --output-probes 32 --t-power "$T_POWER")
 MIXED=(--grad-probes "$GRAD_PROBES")  # options of a mixed zoo's (family) model alone
 logged() {  # logged LOG CMD...: CMD's output to LOG; on failure, its last lines and exit
   local log=$1; shift

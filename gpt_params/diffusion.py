@@ -53,6 +53,9 @@ def role_balance(role_id: torch.Tensor) -> torch.Tensor:
     return (len(role_id) / (len(counts) * counts.float()))[inverse]
 
 
+OUTPUT_SCHEDULES = ("signal", "flat")  # the function-space term's weight over timesteps (diffusion_loss)
+
+
 def diffusion_loss(
     model: nn.Module,
     scheduler: DDPMScheduler,
@@ -66,6 +69,7 @@ def diffusion_loss(
     output_weight: float = 0.0,
     coord_weight: torch.Tensor | None = None,
     t_power: float = 1.0,
+    output_schedule: str = "signal",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """MSE between the model's x0-prediction and ``theta_future`` ``(B, D)`` at random timesteps,
     each coordinate weighted by ``coord_weight`` ``(D,)`` (mean 1) where given. Timesteps are drawn as
@@ -74,14 +78,20 @@ def diffusion_loss(
     x0-prediction is made from the start and the prompt alone.
 
     With ``output_loss`` and ``output_weight`` > 0 a function-space term is added:
-    ``output_weight * mean_b(alpha_bar_t[b] * output_loss(pred, theta_future)[b])``, where
+    ``output_weight * mean_b(w_t[b] * output_loss(pred, theta_future)[b])``, where
     ``output_loss`` gives a per-network ``(B,)`` distance between what the predicted and the true
-    networks compute. Weighting by the signal fraction ``alpha_bar_t`` applies it where the target
-    is determined by the noisy input, not at pure noise, whose best x0-prediction is a posterior mean.
+    networks compute. ``output_schedule`` sets ``w_t``: ``"signal"``, the signal fraction
+    ``alpha_bar_t``, applies the term where the target is determined by the noisy input and not at
+    pure noise, whose best x0-prediction is a posterior mean; ``"flat"`` (``w_t = 1``) applies it at
+    every timestep, the first x0-prediction of a sample (at pure noise, from the start and the prompt
+    alone) included, so that prediction is pulled toward what the future networks compute on average
+    rather than toward their average parameters alone.
     Returns the loss and its parts (``param``, ``output``) as floats for logging.
     """
     if t_power <= 0:
         raise ValueError(f"t_power must be positive, got {t_power}")
+    if output_schedule not in OUTPUT_SCHEDULES:
+        raise ValueError(f"output_schedule {output_schedule!r}; expected one of {OUTPUT_SCHEDULES}")
     b = theta_future.shape[0]
     device = theta_future.device
     n_t = scheduler.config.num_train_timesteps
@@ -101,8 +111,10 @@ def diffusion_loss(
         loss = ((pred - theta_future).pow(2) * coord_weight).mean()
     parts = {"param": loss.item()}
     if output_loss is not None and output_weight > 0:
-        signal = scheduler.alphas_cumprod.to(device)[t]  # (B,)
-        out = (signal * output_loss(pred, theta_future)).mean()
+        dist = output_loss(pred, theta_future)  # (B,)
+        if output_schedule == "signal":
+            dist = scheduler.alphas_cumprod.to(device)[t] * dist
+        out = dist.mean()
         parts["output"] = out.item()
         loss = loss + output_weight * out
     return loss, parts

@@ -145,6 +145,31 @@ def test_output_term_adds_a_weighted_function_space_loss():
     assert any(a is not None and not torch.allclose(a, b) for a, b in zip(grad_plain, grad_both, strict=True))
 
 
+def test_output_schedule_flat_applies_the_term_at_pure_noise_where_signal_gives_it_no_weight():
+    task, model = make("digits-mlp")
+    sched = train_scheduler(DiffusionConfig())
+    start, future, m0, p = fixed_batch(task, 8)
+    probes = task.probe_inputs(None, 16, 0)
+
+    def outputs_apart(a, b):  # (B,)
+        return (task.outputs(a, probes) - task.outputs(b, probes)).pow(2).mean(dim=(1, 2))
+
+    def parts(schedule, t_power):
+        g = torch.Generator().manual_seed(3)
+        return diffusion_loss(
+            model, sched, start, future, m0, p, 0.1, g, outputs_apart, 1.0, None, t_power, schedule
+        )[1]
+
+    # t_power 1000 draws timesteps within 1% of the last, where alpha_bar_t is below 1e-4
+    noisy_signal, noisy_flat = parts("signal", 1000.0), parts("flat", 1000.0)
+    assert noisy_signal["param"] == noisy_flat["param"]
+    assert noisy_flat["output"] > 0 and noisy_signal["output"] < 1e-3 * noisy_flat["output"]
+    # at uniform timesteps the flat term is the larger: alpha_bar_t <= 1 scales the signal one down
+    assert parts("flat", 1.0)["output"] > parts("signal", 1.0)["output"] > 0
+    with pytest.raises(ValueError, match="output_schedule 'late'"):
+        parts("late", 1.0)
+
+
 def test_export_round_trip_gives_identical_samples(tmp_path):
     task, model = make("digits-mlp")
     randomise_heads(model)

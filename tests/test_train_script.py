@@ -153,6 +153,7 @@ def test_bad_pair_option_is_a_one_line_error(zoo, tmp_path):
         (["--tokenizer", "pixel"], "--tokenizer 'pixel'; expected neuron, chunk or role"),
         (["--output-weight", "-1"], "--output-weight -1.0 / --output-probes 256; expected a weight >= 0"),
         (["--t-power", "0"], "--t-power 0.0; expected a positive power"),
+        (["--output-schedule", "late"], "--output-schedule 'late'; expected signal or flat"),
         (["--message-norm", "max"], "--message-norm 'max'; expected mean or sqrt"),
         (["--edge-rank", "-1"], "--edge-rank -1; expected 0"),
         (["--batch-units", "-1"], "--batch-units -1; expected caps >= 0"),

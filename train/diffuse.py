@@ -37,7 +37,13 @@ from tqdm.auto import tqdm
 from gpt_params.config import add_arguments, from_args, opt
 from gpt_params.critic import BANK_SIZE
 from gpt_params.devices import resolve_mixed_precision
-from gpt_params.diffusion import DiffusionConfig, diffusion_loss, role_balance, train_scheduler
+from gpt_params.diffusion import (
+    OUTPUT_SCHEDULES,
+    DiffusionConfig,
+    diffusion_loss,
+    role_balance,
+    train_scheduler,
+)
 from gpt_params.errors import GptParamsError
 from gpt_params.evaluate import prompt_alignment
 from gpt_params.export import Exported, export_meta, save_export
@@ -168,8 +174,13 @@ class TrainConfig:
     output_weight: float = opt(
         0.0,
         "weight of a function-space term: MSE between the outputs of the predicted and the true future "
-        "networks on fixed probe inputs (relative to the outputs' variance), scaled by the signal "
-        "fraction alpha_bar_t; 0 = parameter MSE only",
+        "networks on fixed probe inputs (relative to the outputs' variance), weighted over timesteps by "
+        "--output-schedule; 0 = parameter MSE only",
+    )
+    output_schedule: str = opt(
+        "signal",
+        "the function-space term's weight per timestep: signal (alpha_bar_t, nothing at pure noise) or "
+        "flat (the same at every timestep, a sample's first prediction from pure noise included)",
     )
     output_probes: int = opt(
         256, "probe inputs of the function-space term (train-split inputs or visited states)"
@@ -357,6 +368,8 @@ def main() -> None:
             f"--output-weight {cfg.output_weight} / --output-probes {cfg.output_probes}; "
             "expected a weight >= 0 and at least 1 probe"
         )
+    if cfg.output_schedule not in OUTPUT_SCHEDULES:
+        fail(f"--output-schedule {cfg.output_schedule!r}; expected {' or '.join(OUTPUT_SCHEDULES)}")
     if cfg.message_norm not in MESSAGE_NORMS:
         fail(f"--message-norm {cfg.message_norm!r}; expected {' or '.join(MESSAGE_NORMS)}")
     if cfg.grad_probes < 0:
@@ -548,6 +561,7 @@ def main() -> None:
             loss, parts = diffusion_loss(
                 denoiser, scheduler, batch["theta_start"], batch["theta_future"], batch["start_metric"],
                 batch["prompt"], cfg.prompt_dropout, gen, out_loss, cfg.output_weight, weight, cfg.t_power,
+                cfg.output_schedule,
             )  # fmt: skip
             acc.backward(loss)
             if acc.sync_gradients:
