@@ -18,6 +18,8 @@
 #     (11,072 runs: better at widths 4-8, worse from width 96 up, 9% fewer steps; the ablation)
 #   OUTPUT_WEIGHT=1 EVAL_EVERY=250 ...: with the function-space term and validation R^2 of the narrowest,
 #     middle and widest members with val runs in train.log
+#   OUTPUT_SCHEDULE=flat ...: that term at every timestep, not weighted by alpha_bar_t (train/diffuse.py
+#     --output-schedule; the ablation: worse from width 10 up at 85 minutes, 0.386 against 0.314 at width 256)
 #   WIDTH=128 DEPTH=4 ...: the preset narrowed and made shallower (0: the preset's own), for more steps (WIDTH=256:
 #     6.33M parameters, 2.3x the step time, worse on 15 of 17 members at 85 minutes);
 #     EDGE_WIDTH=64 ...: the preset's edge width instead of 16 (two-layer members' steps take 1.5x as long; the
