@@ -119,14 +119,20 @@ def test_loss_falls_on_a_fixed_batch():
     assert last < 0.7 * first
 
 
-def test_output_term_adds_a_weighted_function_space_loss():
+def output_term_case():
+    """A digits model, its training scheduler, a fixed batch and an ``output_loss``: the networks'
+    squared output difference on 16 probe inputs, ``(B,)``."""
     task, model = make("digits-mlp")
-    sched = train_scheduler(DiffusionConfig())
-    start, future, m0, p = fixed_batch(task, 8)
     probes = task.probe_inputs(None, 16, 0)
 
     def outputs_apart(a, b):  # (B,)
         return (task.outputs(a, probes) - task.outputs(b, probes)).pow(2).mean(dim=(1, 2))
+
+    return model, train_scheduler(DiffusionConfig()), fixed_batch(task, 8), outputs_apart
+
+
+def test_output_term_adds_a_weighted_function_space_loss():
+    model, sched, (start, future, m0, p), outputs_apart = output_term_case()
 
     def loss(*extra):
         return diffusion_loss(
@@ -146,13 +152,7 @@ def test_output_term_adds_a_weighted_function_space_loss():
 
 
 def test_output_schedule_flat_applies_the_term_at_pure_noise_where_signal_gives_it_no_weight():
-    task, model = make("digits-mlp")
-    sched = train_scheduler(DiffusionConfig())
-    start, future, m0, p = fixed_batch(task, 8)
-    probes = task.probe_inputs(None, 16, 0)
-
-    def outputs_apart(a, b):  # (B,)
-        return (task.outputs(a, probes) - task.outputs(b, probes)).pow(2).mean(dim=(1, 2))
+    model, sched, (start, future, m0, p), outputs_apart = output_term_case()
 
     def parts(schedule, t_power):
         g = torch.Generator().manual_seed(3)
