@@ -18,6 +18,7 @@
 #     (11,072 runs: better at widths 4-8, worse from width 96 up, 9% fewer steps; the ablation)
 #   OUTPUT_WEIGHT=1 EVAL_EVERY=250 ...: with the function-space term and validation R^2 of the narrowest,
 #     middle and widest members with val runs in train.log
+#   OUTPUT_WEIGHT=4 ...: that term weighted 4 times as much (the ablation: worse on all 17 members at 85 minutes)
 #   OUTPUT_SCHEDULE=flat ...: that term at every timestep, not weighted by alpha_bar_t (train/diffuse.py
 #     --output-schedule; the ablation: worse from width 10 up at 85 minutes, 0.386 against 0.314 at width 256)
 #   WIDTH=128 DEPTH=4 ...: the preset narrowed and made shallower (0: the preset's own), for more steps (WIDTH=256:
